@@ -1,0 +1,748 @@
+"""Raw ratings ingestion: read published rating files (or a table) into one canonical schema.
+
+Plain framework code: nothing here knows about Kedro (see
+``recsys_kedro.datasets.ratings_dataset`` for the catalog entry that wraps it).
+
+Every reader returns a lazy Spark DataFrame with the canonical schema::
+
+    user_id: string, item_id: string, rating: double, timestamp: long
+
+``timestamp`` is seconds since the epoch (UTC), null where the source has none. Files are read
+with Spark's CSV reader and an explicit schema of strings, then parsed with ``try_cast`` (null
+where a value does not parse, also under ANSI mode), so nothing is collected to the driver.
+Before the DataFrame is returned, :func:`validate_ratings` runs ONE aggregating Spark job that
+checks every row and raises :class:`RatingsFormatError` naming the file (or table), the column,
+what is wrong (a count and up to 3 examples) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+CANONICAL_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "timestamp")
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating")
+CANONICAL_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("rating", T.DoubleType()),
+        T.StructField("timestamp", T.LongType()),
+    ]
+)
+
+DEFAULT_RATING_RANGE: tuple[float, float] = (0.5, 5.0)
+CATALOG_FILE = "conf/base/catalog.yml"
+MAX_EXAMPLES = 3
+
+# Helper columns that a parser may add next to the canonical ones; validate_ratings reads
+# them to tell an empty value from an unparsable one, and drops them.
+RAW_PREFIX = "_raw_"
+CORRUPT_COLUMN = "_corrupt_record"
+LINE_COLUMN = "_line"
+FILE_COLUMN = "_file"
+
+_INTEGER_ID = r"^[0-9]+$"
+_INTEGER_TS = r"^-?[0-9]+$"
+
+
+class RatingsFormatError(ValueError):
+    """Raw ratings that cannot be read as the configured format (the message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class RatingsFormat:
+    """How one published ratings file is laid out.
+
+    Attributes:
+        name: the format's key in :data:`RATINGS_FORMATS` (the catalog's ``format:``).
+        description: what the file is, used in error messages.
+        sep: field separator (Spark's CSV ``sep``; may be several characters).
+        header: whether the first line names the columns.
+        columns: canonical column -> the column's name in the published file (the header
+            name, or the field's name in the dataset's README for headerless files, in
+            field order).
+        optional: canonical columns a header may lack (then null).
+        integer_user_ids / integer_item_ids: ids must be non-negative integers (else any
+            non-empty string).
+        timestamp: ``"epoch"`` (integer seconds), ``"epoch_float"`` (seconds, may have a
+            fraction) or ``"datetime"`` (``yyyy-MM-dd HH:mm:ss`` in UTC; integer seconds too).
+        strip_header_types: drop RecBole's ``:type`` suffix from header names.
+        example: the first lines of such a file, for error messages.
+    """
+
+    name: str
+    description: str
+    sep: str
+    header: bool
+    columns: tuple[tuple[str, str], ...]
+    optional: frozenset[str] = frozenset()
+    integer_user_ids: bool = True
+    integer_item_ids: bool = True
+    timestamp: str = "epoch"
+    strip_header_types: bool = False
+    example: str = ""
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return dict(self.columns)
+
+
+RATINGS_FORMATS: dict[str, RatingsFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        RatingsFormat(
+            name="recbole_inter",
+            description="a tab-separated RecBole atomic .inter file with a typed header line",
+            sep="\t",
+            header=True,
+            columns=(
+                ("user_id", "user_id"),
+                ("item_id", "item_id"),
+                ("rating", "rating"),
+                ("timestamp", "timestamp"),
+            ),
+            optional=frozenset({"timestamp"}),
+            integer_user_ids=False,
+            integer_item_ids=False,
+            timestamp="epoch_float",
+            strip_header_types=True,
+            example="user_id:token\\titem_id:token\\trating:float\\ttimestamp:float / "
+            "196\\t242\\t3\\t881250949",
+        ),
+        RatingsFormat(
+            name="ml100k_udata",
+            description="a tab-separated GroupLens ml-100k u.data file (no header)",
+            sep="\t",
+            header=False,
+            columns=(
+                ("user_id", "user id"),
+                ("item_id", "item id"),
+                ("rating", "rating"),
+                ("timestamp", "timestamp"),
+            ),
+            example="196\\t242\\t3\\t881250949",
+        ),
+        RatingsFormat(
+            name="ml1m_dat",
+            description="a '::'-separated GroupLens ml-1m ratings.dat file (no header)",
+            sep="::",
+            header=False,
+            columns=(
+                ("user_id", "UserID"),
+                ("item_id", "MovieID"),
+                ("rating", "Rating"),
+                ("timestamp", "Timestamp"),
+            ),
+            example="1::1193::5::978300760",
+        ),
+        RatingsFormat(
+            name="ml_csv",
+            description="a comma-separated GroupLens ratings.csv file "
+            "(ml-20m, ml-25m, ml-latest) with the header userId,movieId,rating,timestamp",
+            sep=",",
+            header=True,
+            columns=(
+                ("user_id", "userId"),
+                ("item_id", "movieId"),
+                ("rating", "rating"),
+                ("timestamp", "timestamp"),
+            ),
+            example="userId,movieId,rating,timestamp / 1,296,5.0,1147880044",
+        ),
+        RatingsFormat(
+            name="lfs_item_ratings",
+            description="a comma-separated GroupLens 'Learning from Sets of Items' "
+            "item_ratings.csv file with the header userId,movieId,rating,tstamp",
+            sep=",",
+            header=True,
+            columns=(
+                ("user_id", "userId"),
+                ("item_id", "movieId"),
+                ("rating", "rating"),
+                ("timestamp", "tstamp"),
+            ),
+            optional=frozenset({"timestamp"}),
+            integer_user_ids=False,
+            timestamp="datetime",
+            example="userId,movieId,rating,tstamp / "
+            "00cc2fb3a5a7b66ae5ff2e8cc3ae2a1f,1,4.0,2019-03-13 16:25:31",
+        ),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def read_ratings(
+    spark: SparkSession,
+    path: str | os.PathLike[str],
+    fmt: str,
+    rating_range: Sequence[float] = DEFAULT_RATING_RANGE,
+) -> DataFrame:
+    """Read a ratings file (or a directory / glob of them) of format ``fmt``, validated.
+
+    Args:
+        spark: the active SparkSession.
+        path: a file, directory or glob Spark can read (local, ``/Volumes/...``, ``s3://``...).
+        fmt: one of :data:`RATINGS_FORMATS`.
+        rating_range: inclusive ``(low, high)`` bounds every rating must lie in.
+
+    Returns:
+        A lazy DataFrame with the canonical schema (see module docstring).
+
+    Raises:
+        RatingsFormatError: unknown format, missing/empty file, or rows that do not parse.
+    """
+    spec = _get_format(fmt)
+    low_high = _check_range(rating_range)
+    path = os.fspath(path)
+    source = f"file {path!r} (format {spec.name!r})"
+    fix = _format_fix(spec)
+
+    header_line = None
+    if spec.header:
+        header_line = _first_line(spark, path, source, fix)
+        if header_line is None:
+            raise RatingsFormatError(
+                f"{source}: the file is empty (not even a header line).\n"
+                f"Fix: check that the download/extraction of {path!r} completed."
+            )
+        header_names = _split_header(header_line, spec)
+        hint = _guess_hint(header_line, spec)
+        positions = _match_header(header_names, spec, source, f"{fix}.{hint}")
+        field_names = _header_field_names(header_line, spec)
+        file_columns = {canon: field_names[i] for canon, i in positions.items()}
+        labels = {canon: f"column `{header_names[i]}` ({canon})" for canon, i in positions.items()}
+    else:
+        field_names = [f"_c{i}" for i in range(len(spec.columns))]
+        file_columns = {canon: f"_c{i}" for i, (canon, _) in enumerate(spec.columns)}
+        labels = {
+            canon: f"field {i + 1} `{name}` ({canon})"
+            for i, (canon, name) in enumerate(spec.columns)
+        }
+
+    schema = T.StructType(
+        [T.StructField(name, T.StringType()) for name in field_names]
+        + [T.StructField(CORRUPT_COLUMN, T.StringType())]
+    )
+    try:
+        raw = spark.read.csv(
+            path,
+            schema=schema,
+            sep=spec.sep,
+            header=spec.header,
+            enforceSchema=True,
+            mode="PERMISSIVE",
+            columnNameOfCorruptRecord=CORRUPT_COLUMN,
+            multiLine=False,
+        )
+    except AnalysisException as exc:
+        raise _path_error(exc, path, source, fix) from exc
+
+    raw_cols = {canon: F.trim(F.col(_quote(col))) for canon, col in file_columns.items()}
+    parsed = {
+        "user_id": _parse_id(raw_cols["user_id"], spec.integer_user_ids),
+        "item_id": _parse_id(raw_cols["item_id"], spec.integer_item_ids),
+        "rating": raw_cols["rating"].try_cast("double"),
+    }
+    if "timestamp" in raw_cols:
+        parsed["timestamp"] = _parse_timestamp_text(raw_cols["timestamp"], spec.timestamp)
+        # an empty timestamp is an error in a file that has the column (a short line is
+        # reported as a short line, see validate_ratings)
+        raw_cols["timestamp"] = F.coalesce(raw_cols["timestamp"], F.lit(""))
+    else:
+        parsed["timestamp"] = F.lit(None).cast("bigint")
+
+    line = F.concat_ws(
+        spec.sep, *[F.coalesce(F.col(_quote(n)), F.lit("")) for n in field_names]
+    ).alias(LINE_COLUMN)
+    helpers = [raw_cols[c].alias(RAW_PREFIX + c) for c in raw_cols]
+    helpers += [F.col(CORRUPT_COLUMN), line]
+    several_files = len(_input_files(raw)) > 1
+    if several_files:
+        helpers.append(F.col("_metadata.file_name").alias(FILE_COLUMN))
+    frame = raw.select(*[parsed[c].alias(c) for c in CANONICAL_COLUMNS], *helpers)
+
+    expected = {
+        "user_id": "an integer id" if spec.integer_user_ids else "a non-empty id",
+        "item_id": "an integer id" if spec.integer_item_ids else "a non-empty id",
+        "rating": "a number",
+        "timestamp": _TIMESTAMP_EXPECTED[spec.timestamp],
+    }
+    try:
+        return validate_ratings(frame, source, low_high, labels=labels, expected=expected, fix=fix)
+    except RatingsFormatError as exc:
+        # say which format the file looks like (reads its first line: error path only)
+        if header_line is None:
+            header_line = _first_line(spark, path, source, fix)
+        hint = "" if several_files else _guess_hint(header_line, spec)
+        if not hint:
+            raise
+        raise RatingsFormatError(f"{exc}{hint}") from None
+
+
+def read_ratings_table(
+    spark: SparkSession,
+    table: str,
+    columns: Mapping[str, str] | None = None,
+    rating_range: Sequence[float] = DEFAULT_RATING_RANGE,
+) -> DataFrame:
+    """Read ratings from a Spark / Unity Catalog table (e.g. ``main.recsys.item_ratings``).
+
+    Args:
+        spark: the active SparkSession.
+        table: table or view name, as ``spark.read.table`` takes it.
+        columns: canonical name -> table column name, for the columns whose names differ
+            (``{"user_id": "userId", "item_id": "movieId", "timestamp": "tstamp"}``). A
+            ``timestamp`` column is optional unless mapped here (then null).
+        rating_range: inclusive ``(low, high)`` bounds every rating must lie in.
+
+    Id columns are cast to strings; the rating may be numeric or text; the timestamp may be
+    a timestamp, a date, epoch seconds (numeric) or text (``yyyy-MM-dd HH:mm:ss``, UTC).
+    """
+    low_high = _check_range(rating_range)
+    source = f"table {table!r}"
+    mapping = {c: c for c in CANONICAL_COLUMNS}
+    unknown = sorted(set(columns or {}) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise RatingsFormatError(
+            f"{source}: `columns:` has unknown key(s) {unknown}.\n"
+            f"Fix: the keys of `columns:` in {CATALOG_FILE} are the canonical names "
+            f"{list(CANONICAL_COLUMNS)}, the values are the table's column names."
+        )
+    mapping.update(columns or {})
+    fix = (
+        f"check the table's columns, or set `columns:` in the catalog entry in {CATALOG_FILE} "
+        f"to map {list(CANONICAL_COLUMNS)} to the table's column names"
+    )
+    try:
+        df = spark.read.table(table)
+    except AnalysisException as exc:
+        if _condition(exc) in {"TABLE_OR_VIEW_NOT_FOUND", "SCHEMA_NOT_FOUND"} or (
+            "not found" in str(exc).lower()
+        ):
+            raise RatingsFormatError(
+                f"{source} does not exist (or is not visible to this cluster/user).\n"
+                f"Fix: check the three-part name catalog.schema.table and your permissions "
+                f"(USE CATALOG, USE SCHEMA, SELECT), or set `table:` in {CATALOG_FILE}."
+            ) from exc
+        raise
+
+    by_name = {f.name.lower(): f for f in df.schema.fields}
+    missing = []
+    fields: dict[str, T.StructField] = {}
+    for canon in CANONICAL_COLUMNS:
+        field = by_name.get(mapping[canon].lower())
+        if field is not None:
+            fields[canon] = field
+        elif canon in REQUIRED_COLUMNS or (columns and canon in columns):
+            missing.append(canon)
+    if missing:
+        detail = ", ".join(f"`{mapping[c]}` ({c})" for c in missing)
+        raise RatingsFormatError(
+            f"{source}: missing column(s) {detail}; the table has columns "
+            f"{[f.name for f in df.schema.fields]}.\nFix: {fix}."
+        )
+
+    labels = {c: f"column `{fields[c].name}` ({c})" for c in fields}
+    col = {c: F.col(_quote(fields[c].name)) for c in fields}
+    raw_text = {c: F.trim(col[c].cast("string")) for c in fields}
+    parsed = {
+        "user_id": _parse_id(raw_text["user_id"], integer=False),
+        "item_id": _parse_id(raw_text["item_id"], integer=False),
+        "rating": (
+            col["rating"].cast("double")
+            if isinstance(fields["rating"].dataType, T.NumericType)
+            else raw_text["rating"].try_cast("double")
+        ),
+        "timestamp": (
+            _parse_timestamp_column(col["timestamp"], fields["timestamp"].dataType)
+            if "timestamp" in fields
+            else F.lit(None).cast("bigint")
+        ),
+    }
+    frame = df.select(
+        *[parsed[c].alias(c) for c in CANONICAL_COLUMNS],
+        *[raw_text[c].alias(RAW_PREFIX + c) for c in fields],
+    )
+    expected = {
+        "user_id": "a non-empty id",
+        "item_id": "a non-empty id",
+        "rating": "a number",
+        "timestamp": "a timestamp (timestamp, date, epoch seconds or 'yyyy-MM-dd HH:mm:ss')",
+    }
+    return validate_ratings(frame, source, low_high, labels=labels, expected=expected, fix=fix)
+
+
+def validate_ratings(
+    df: DataFrame,
+    source: str,
+    rating_range: Sequence[float] = DEFAULT_RATING_RANGE,
+    *,
+    labels: Mapping[str, str] | None = None,
+    expected: Mapping[str, str] | None = None,
+    fix: str | None = None,
+) -> DataFrame:
+    """Check ratings in ONE aggregating Spark job; raise :class:`RatingsFormatError` or return them.
+
+    ``df`` must have the canonical columns, already parsed (null where a value did not parse).
+    It may also carry the helper columns a reader adds: ``_raw_<column>`` (the trimmed text
+    before parsing; a non-empty raw value whose parsed value is null did not parse),
+    ``_corrupt_record`` (Spark CSV: the line, when it has the wrong number of fields),
+    ``_line`` (the line, for examples) and ``_file`` (the file name, for examples).
+
+    Checks: there are rows; every line has the right number of fields; user, item and rating
+    are present and non-empty; values parse; the rating lies in ``rating_range`` (inclusive);
+    the timestamp parses.
+
+    Args:
+        df: the parsed ratings.
+        source: what was read, for messages (e.g. ``"file 'data/u.data'"``).
+        rating_range: inclusive ``(low, high)``.
+        labels: canonical column -> how to name it in messages (e.g. ``"column `movieId`"``).
+        expected: canonical column -> what a value should be (e.g. ``"an integer id"``).
+        fix: how to fix a source that does not match, appended to the message.
+
+    Returns:
+        ``df`` restricted to the canonical columns and schema (still lazy).
+    """
+    low, high = _check_range(rating_range)
+    label_given = set(labels or CANONICAL_COLUMNS)
+    labels = {c: (labels or {}).get(c, f"column `{c}`") for c in CANONICAL_COLUMNS}
+    expected = {**_DEFAULT_EXPECTED, **(expected or {})}
+    fix = fix or "check the data source"
+    columns = set(df.columns)
+    missing = [c for c in CANONICAL_COLUMNS if c not in columns]
+    if missing:
+        raise RatingsFormatError(
+            f"{source}: missing column(s) {missing}; it has {sorted(columns)}.\nFix: {fix}."
+        )
+
+    has_corrupt = CORRUPT_COLUMN in columns
+    whole_line = F.col(CORRUPT_COLUMN).isNull() if has_corrupt else F.lit(True)
+    line_text = (
+        F.col(LINE_COLUMN)
+        if LINE_COLUMN in columns
+        else F.concat_ws(
+            " ",
+            *[
+                F.concat(F.lit(f"{c}="), F.coalesce(F.col(c).cast("string"), F.lit("null")))
+                for c in CANONICAL_COLUMNS
+            ],
+        )
+    )
+
+    def example(value: Column) -> Column:
+        value = F.regexp_replace(value, "\t", "\\\\t")  # show tabs as \t
+        value = F.concat(F.lit("'"), value, F.lit("'"))
+        if FILE_COLUMN in columns:
+            value = F.concat(F.col(FILE_COLUMN), F.lit(": "), value)
+        return value
+
+    # (column label or None, problem, condition, example value, fix)
+    checks: list[tuple[str | None, str, Column, Column, str]] = []
+    if has_corrupt:
+        checks.append(
+            (
+                None,
+                "line(s) have too few or too many fields (expected the fields "
+                f"{', '.join(labels[c] for c in CANONICAL_COLUMNS if c in label_given)})",
+                F.col(CORRUPT_COLUMN).isNotNull(),
+                example(F.col(CORRUPT_COLUMN)),
+                "check the separator and that no line is cut short or has extra fields",
+            )
+        )
+    for canon in REQUIRED_COLUMNS:
+        raw_name = RAW_PREFIX + canon
+        raw = F.col(raw_name) if raw_name in columns else F.col(canon).cast("string")
+        empty = raw.isNull() | (F.trim(raw) == "")
+        checks.append(
+            (
+                labels[canon],
+                "is empty or missing",
+                whole_line & empty,
+                example(line_text),
+                "every rating needs a user, an item and a rating",
+            )
+        )
+        if raw_name in columns:
+            checks.append(
+                (
+                    labels[canon],
+                    f"is not {expected[canon]}",
+                    whole_line & ~empty & F.col(canon).isNull(),
+                    example(raw),
+                    "",
+                )
+            )
+    rating = F.col("rating")
+    checks.append(
+        (
+            labels["rating"],
+            f"is outside rating_range [{low:g}, {high:g}]",
+            whole_line & rating.isNotNull() & ~((rating >= low) & (rating <= high)),
+            example(rating.cast("string")),
+            "if this data uses another rating scale, set `rating_range: [low, high]` in the "
+            f"catalog entry in {CATALOG_FILE}",
+        )
+    )
+    raw_ts = RAW_PREFIX + "timestamp"
+    if raw_ts in columns:
+        checks.append(
+            (
+                labels["timestamp"],
+                f"is not {expected['timestamp']}",
+                whole_line & F.col(raw_ts).isNotNull() & F.col("timestamp").isNull(),
+                example(F.col(raw_ts)),
+                "",
+            )
+        )
+
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    for i, (_, _, cond, ex, _) in enumerate(checks):
+        bad = F.when(cond, ex)
+        aggs += [
+            F.count_if(cond).alias(f"n{i}"),
+            F.first(bad, ignorenulls=True).alias(f"a{i}"),
+            F.min(bad).alias(f"b{i}"),
+            F.max(bad).alias(f"c{i}"),
+        ]
+    result = df.agg(*aggs).first()  # the one Spark job
+    if result is None:  # pragma: no cover - a global aggregate always has one row
+        raise RatingsFormatError(f"{source}: could not be read")
+
+    head = source
+    rows = result["rows"]
+    if rows == 0:
+        raise RatingsFormatError(
+            f"{head}: no ratings rows (the file, files or table are empty, or hold only a "
+            f"header line).\nFix: check that the download/extraction or the table's load "
+            "completed."
+        )
+    problems = []
+    for i, (label, problem, _, _, hint) in enumerate(checks):
+        count = result[f"n{i}"]
+        if not count:
+            continue
+        examples = list(dict.fromkeys(x for x in (result[f"{k}{i}"] for k in "abc") if x))
+        text = f"  - {label + ' ' if label else ''}{problem}: {count} of {rows} lines"
+        if examples:
+            text += f", e.g. {', '.join(examples[:MAX_EXAMPLES])}"
+        if hint:
+            text += f" ({hint})"
+        problems.append(text)
+    if problems:
+        raise RatingsFormatError(
+            f"{head}: {len(problems)} problem(s) in the ratings:\n"
+            + "\n".join(problems)
+            + f"\nFix: {fix}."
+        )
+    return df.select(
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANONICAL_SCHEMA.fields]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+_DEFAULT_EXPECTED = {
+    "user_id": "a non-empty id",
+    "item_id": "a non-empty id",
+    "rating": "a number",
+    "timestamp": "a timestamp",
+}
+_TIMESTAMP_EXPECTED = {
+    "epoch": "an integer number of seconds since the epoch",
+    "epoch_float": "a number of seconds since the epoch",
+    "datetime": "a datetime 'yyyy-MM-dd HH:mm:ss' (UTC) or integer epoch seconds",
+}
+
+
+def _get_format(fmt: str) -> RatingsFormat:
+    try:
+        return RATINGS_FORMATS[fmt]
+    except (KeyError, TypeError):
+        known = "\n".join(f"  - {f.name}: {f.description}" for f in RATINGS_FORMATS.values())
+        raise RatingsFormatError(
+            f"Unknown ratings format {fmt!r}. Known formats:\n{known}\n"
+            f"Fix: set `format:` in {CATALOG_FILE} to one of "
+            f"{', '.join(RATINGS_FORMATS)}."
+        ) from None
+
+
+def _check_range(rating_range: Sequence[float]) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in rating_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"rating_range must be [low, high] (two numbers), got {rating_range!r}"
+        ) from None
+    if low > high:
+        raise ValueError(f"rating_range must be [low, high] with low <= high, got {rating_range!r}")
+    return low, high
+
+
+def _format_fix(spec: RatingsFormat) -> str:
+    return (
+        f"check that the file is {spec.description} (first lines like: {spec.example}), "
+        f"or set `format:` in {CATALOG_FILE} to the format of this file, one of "
+        f"{', '.join(RATINGS_FORMATS)} (see RATINGS_FORMATS in {__name__})"
+    )
+
+
+def _guess_format(line: str | None) -> str | None:
+    """The format whose first line looks like ``line`` (a cheap sniff, for error messages)."""
+    if not line:
+        return None
+    line = line.lstrip("\ufeff").strip()
+    if len(line.split("::")) == 4:
+        return "ml1m_dat"
+    tabs = [f.strip() for f in line.split("\t")]
+    if {"user_id", "item_id"} <= {f.split(":", 1)[0] for f in tabs} and ":" in tabs[0]:
+        return "recbole_inter"
+    if len(tabs) == 4 and all(f.replace(".", "", 1).isdigit() for f in tabs):
+        return "ml100k_udata"
+    names = [f.strip().strip('"').lower() for f in line.split(",")]
+    if names[:3] == ["userid", "movieid", "rating"]:
+        return "lfs_item_ratings" if "tstamp" in names else "ml_csv"
+    return None
+
+
+def _guess_hint(line: str | None, spec: RatingsFormat) -> str:
+    guess = _guess_format(line)
+    if guess is None or guess == spec.name:
+        return ""
+    return (
+        f"\nThe file's first line ({line.strip()[:80]!r}) looks like format {guess!r} "
+        f"({RATINGS_FORMATS[guess].description}): try `format: {guess}`."
+    )
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _condition(exc: AnalysisException) -> str | None:
+    for getter in ("getCondition", "getErrorClass"):
+        method = getattr(exc, getter, None)
+        if method is not None:
+            try:
+                value = method()
+            except Exception:  # pragma: no cover - depends on the PySpark flavour
+                continue
+            if value:
+                return str(value)
+    return None
+
+
+def _path_error(exc: AnalysisException, path: str, source: str, fix: str) -> Exception:
+    if _condition(exc) == "PATH_NOT_FOUND" or "does not exist" in str(exc).lower():
+        return RatingsFormatError(
+            f"{source}: no such file, directory or glob match.\n"
+            f"Fix: download/extract the ratings to {path!r} (relative paths are relative to "
+            f"the directory Kedro runs in), or set `filepath:` in {CATALOG_FILE} to where the "
+            f"file is."
+        )
+    return exc
+
+
+def _first_line(spark: SparkSession, path: str, source: str, fix: str) -> str | None:
+    try:
+        row = spark.read.text(path).first()
+    except AnalysisException as exc:
+        raise _path_error(exc, path, source, fix) from exc
+    return None if row is None else row[0]
+
+
+def _split_header(line: str, spec: RatingsFormat) -> list[str]:
+    names = []
+    for raw in line.lstrip("\ufeff").split(spec.sep):
+        name = raw.strip().strip('"').strip()
+        if spec.strip_header_types:
+            name = name.split(":", 1)[0]
+        names.append(name)
+    return names
+
+
+def _header_field_names(line: str, spec: RatingsFormat) -> list[str]:
+    """Schema field names for a header file: the header as written, so Spark sees them match."""
+    names = [n.strip('"') for n in line.lstrip("\ufeff").split(spec.sep)]
+    lowered = [n.lower() for n in names]
+    if any(not n or n == CORRUPT_COLUMN for n in names) or len(set(lowered)) != len(lowered):
+        return [f"_c{i}" for i in range(len(names))]
+    return names
+
+
+def _match_header(header: list[str], spec: RatingsFormat, source: str, fix: str) -> dict[str, int]:
+    """canonical column -> its position in the header line (case-insensitive match).
+
+    ``fix`` is the complete fix text (with its final full stop).
+    """
+    lowered = [h.lower() for h in header]
+    found: dict[str, int] = {}
+    missing = []
+    for canon, name in spec.columns:
+        if name.lower() in lowered:
+            found[canon] = lowered.index(name.lower())
+        elif canon not in spec.optional:
+            missing.append((canon, name))
+    if missing:
+        detail = ", ".join(f"`{name}` ({canon})" for canon, name in missing)
+        raise RatingsFormatError(
+            f"{source}: missing column(s) {detail}: the header line has the columns "
+            f"{header[:10]}.\nFix: {fix}"
+        )
+    return found
+
+
+def _input_files(df: DataFrame) -> list[str]:
+    try:
+        return df.inputFiles()
+    except Exception:  # pragma: no cover - e.g. a source that cannot list its files
+        return []
+
+
+def _parse_id(raw: Column, integer: bool) -> Column:
+    if integer:
+        return F.when(raw.rlike(_INTEGER_ID), raw)
+    return F.when(raw != "", raw)
+
+
+def _parse_timestamp_text(raw: Column, kind: str) -> Column:
+    if kind == "epoch":
+        return F.when(raw.rlike(_INTEGER_TS), raw.try_cast("bigint"))
+    if kind == "epoch_float":
+        seconds = raw.try_cast("double")
+        finite = seconds.isNotNull() & ~F.isnan(seconds) & (F.abs(seconds) < 1e15)
+        return F.when(finite, F.floor(seconds).cast("bigint"))
+    if kind == "datetime":
+        utc = F.concat(raw, F.lit("Z")).try_cast("timestamp")
+        return F.when(raw.rlike(_INTEGER_TS), raw.try_cast("bigint")).otherwise(F.unix_seconds(utc))
+    raise ValueError(f"unknown timestamp kind {kind!r}")
+
+
+def _parse_timestamp_column(col: Column, data_type: T.DataType) -> Column:
+    if isinstance(data_type, T.TimestampType):
+        return F.unix_seconds(col)
+    if isinstance(data_type, T.TimestampNTZType):  # wall-clock time, read as UTC
+        return _parse_timestamp_text(col.cast("string"), "datetime")
+    if isinstance(data_type, T.DateType):
+        return F.unix_seconds(
+            F.concat(col.cast("string"), F.lit(" 00:00:00Z")).try_cast("timestamp")
+        )
+    if isinstance(data_type, T.IntegralType):
+        return col.cast("bigint")
+    if isinstance(data_type, T.NumericType):
+        return _parse_timestamp_text(col.cast("string"), "epoch_float")
+    return _parse_timestamp_text(F.trim(col.cast("string")), "datetime")

@@ -1,0 +1,51 @@
+"""A Kedro dataset for ``torch.save`` checkpoints (any picklable dict of tensors)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import torch
+from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
+
+
+class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """Saves and loads a checkpoint dictionary with ``torch.save``/``torch.load`` via fsspec.
+
+    Example catalog entry:
+
+    .. code-block:: yaml
+
+        two_tower_model:
+          type: recsys_kedro.datasets.torch_checkpoint.TorchCheckpointDataset
+          filepath: data/06_models/two_tower.pt
+    """
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        protocol, path = get_protocol_and_path(filepath)
+        self._protocol = protocol
+        self._filepath = PurePosixPath(path)
+        self._fs = fsspec.filesystem(protocol)
+        self._full = filepath
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        if not self._exists():
+            raise DatasetError(
+                f"no checkpoint at {self._full}: run the training stage first "
+                "(`kedro run --pipeline=two_tower`)"
+            )
+        with self._fs.open(str(self._filepath), "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=False)
+
+    def save(self, data: dict[str, Any]) -> None:
+        self._fs.makedirs(str(self._filepath.parent), exist_ok=True)
+        with self._fs.open(str(self._filepath), "wb") as f:
+            torch.save(data, f)
+
+    def _exists(self) -> bool:
+        return self._fs.exists(str(self._filepath))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._full, "protocol": self._protocol}

@@ -1,0 +1,29 @@
+"""Spark DataFrame -> Mosaic MDS folders, and reading them back (framework code, no Kedro)."""
+
+from recsys_kedro.mds.reader import MDSCacheError, make_streaming_dataset, read_mds_columns
+from recsys_kedro.mds.writer import (
+    MDSExportError,
+    MDSFolder,
+    count_mds_samples,
+    is_remote_path,
+    mds_index_columns,
+    to_mosaic_uri,
+    write_mds,
+)
+
+#: Alias of :func:`read_mds_columns`: reads a small MDS folder into column arrays.
+read_mds_folder = read_mds_columns
+
+__all__ = [
+    "MDSCacheError",
+    "MDSExportError",
+    "MDSFolder",
+    "count_mds_samples",
+    "is_remote_path",
+    "make_streaming_dataset",
+    "mds_index_columns",
+    "read_mds_columns",
+    "read_mds_folder",
+    "to_mosaic_uri",
+    "write_mds",
+]

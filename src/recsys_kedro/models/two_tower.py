@@ -1,0 +1,316 @@
+"""A TorchRec two-tower retrieval model, its training task and its checkpoint format.
+
+Modules follow TorchRec's layout: :class:`TwoTower` only encodes (one job per module),
+:class:`TwoTowerTrainTask` owns the loss. Both take a typed :class:`TwoTowerBatch`.
+Nothing here knows about Kedro, Spark or distributed launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+USER_FEATURE = "user_idx"
+ITEM_FEATURE = "item_idx"
+LOSSES = ("softmax", "bce")
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Everything needed to rebuild a :class:`TwoTower` (stored beside its weights)."""
+
+    num_users: int
+    num_items: int
+    embedding_dim: int = 64
+    layer_sizes: tuple[int, ...] = (128, 64)
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1 or self.num_items < 1:
+            raise ValueError(
+                f"num_users={self.num_users} and num_items={self.num_items} must be >= 1: "
+                "the training split has no users or no items"
+            )
+        if self.embedding_dim < 1 or not self.layer_sizes or min(self.layer_sizes) < 1:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} and layer_sizes={self.layer_sizes} "
+                "must be positive and layer_sizes non-empty"
+            )
+        object.__setattr__(self, "layer_sizes", tuple(int(s) for s in self.layer_sizes))
+
+    @property
+    def output_dim(self) -> int:
+        return self.layer_sizes[-1]
+
+
+@dataclass
+class TwoTowerBatch:
+    """One batch of (user, item, label) rows.
+
+    Attributes:
+        sparse_features: KJT with keys ``[user_idx, item_idx]``, one id per row and key
+            (lengths all 1), i.e. ``B`` values per key.
+        labels: ``(B,)`` float tensor, 1.0 for a positive interaction.
+    """
+
+    sparse_features: KeyedJaggedTensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> TwoTowerBatch:
+        return TwoTowerBatch(
+            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
+            labels=self.labels.to(device=device, non_blocking=non_blocking),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def make_batch(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> TwoTowerBatch:
+    """Build a :class:`TwoTowerBatch` from ``(B,)`` id and label tensors, with tensor ops only."""
+    if not (users.shape == items.shape == labels.shape) or users.dim() != 1:
+        raise ValueError(
+            f"users, items and labels must be 1-D of one length, got "
+            f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(labels.shape)}"
+        )
+    n = users.shape[0]
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[USER_FEATURE, ITEM_FEATURE],
+        values=torch.cat([users.long(), items.long()]),
+        lengths=torch.ones(2 * n, dtype=torch.int32),
+    )
+    return TwoTowerBatch(sparse_features=kjt, labels=labels.float())
+
+
+def make_embedding_bag_collection(
+    config: TwoTowerConfig, device: torch.device | str | None = None
+) -> EmbeddingBagCollection:
+    """The user and item tables, one feature each. ``device="meta"`` defers allocation to DMP."""
+    return EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name="t_user",
+                embedding_dim=config.embedding_dim,
+                num_embeddings=config.num_users,
+                feature_names=[USER_FEATURE],
+                pooling=PoolingType.SUM,
+            ),
+            EmbeddingBagConfig(
+                name="t_item",
+                embedding_dim=config.embedding_dim,
+                num_embeddings=config.num_items,
+                feature_names=[ITEM_FEATURE],
+                pooling=PoolingType.SUM,
+            ),
+        ],
+        device=torch.device(device) if device is not None else None,
+    )
+
+
+def _tower(in_dim: int, layer_sizes: Sequence[int], device: torch.device | None) -> nn.Sequential:
+    """MLP with ReLU between layers and a linear last layer (a dot-product space needs signs)."""
+    layers: list[nn.Module] = []
+    prev = in_dim
+    for i, size in enumerate(layer_sizes):
+        layers.append(nn.Linear(prev, size, device=device))
+        if i < len(layer_sizes) - 1:
+            layers.append(nn.ReLU())
+        prev = size
+    return nn.Sequential(*layers)
+
+
+class TwoTower(nn.Module):
+    """Query (user) and candidate (item) towers over one ``EmbeddingBagCollection``.
+
+    Args:
+        embedding_bag_collection: tables for the features ``user_idx`` and ``item_idx``.
+        layer_sizes: MLP sizes of each tower; the last one is the output dimension ``D``.
+        normalize: L2-normalise the tower outputs (cosine similarity, scaled by the loss).
+        device: where the towers' dense parameters live.
+
+    Call: ``forward(kjt) -> (query (B, D), candidate (B, D))``.
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        layer_sizes: Sequence[int],
+        normalize: bool = True,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        configs = embedding_bag_collection.embedding_bag_configs()
+        features = [f for c in configs for f in c.feature_names]
+        assert sorted(features) == sorted([USER_FEATURE, ITEM_FEATURE]), (
+            f"the collection must have exactly the features {USER_FEATURE!r} and {ITEM_FEATURE!r}, "
+            f"got {features}"
+        )
+        assert len(layer_sizes) > 0, "each tower needs at least one layer"
+        dims = {f: c.embedding_dim for c in configs for f in c.feature_names}
+        self.ebc = embedding_bag_collection
+        self.query_tower = _tower(dims[USER_FEATURE], layer_sizes, device)
+        self.candidate_tower = _tower(dims[ITEM_FEATURE], layer_sizes, device)
+        self.normalize = normalize
+
+    def _project(self, tower: nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+        out = tower(pooled)
+        return nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.ebc(kjt)
+        query = self._project(self.query_tower, pooled[USER_FEATURE])
+        candidate = self._project(self.candidate_tower, pooled[ITEM_FEATURE])
+        return query, candidate
+
+    @torch.no_grad()
+    def encode_users(self, users: torch.Tensor) -> torch.Tensor:
+        """Query embeddings ``(N, D)`` for user indexes ``(N,)`` (unsharded model only)."""
+        return self._encode(users, USER_FEATURE)
+
+    @torch.no_grad()
+    def encode_items(self, items: torch.Tensor) -> torch.Tensor:
+        """Candidate embeddings ``(N, D)`` for item indexes ``(N,)`` (unsharded model only)."""
+        return self._encode(items, ITEM_FEATURE)
+
+    def _encode(self, ids: torch.Tensor, feature: str) -> torch.Tensor:
+        n = ids.shape[0]
+        ones, zeros = torch.ones(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)
+        lengths = torch.cat([ones, zeros]) if feature == USER_FEATURE else torch.cat([zeros, ones])
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=[USER_FEATURE, ITEM_FEATURE], values=ids.long(), lengths=lengths
+        )
+        pooled = self.ebc(kjt)[feature]
+        tower = self.query_tower if feature == USER_FEATURE else self.candidate_tower
+        return self._project(tower, pooled)
+
+
+class TwoTowerTrainTask(nn.Module):
+    """Wraps a :class:`TwoTower` with its training loss.
+
+    Losses:
+        ``softmax`` (default, the retrieval objective): for every positive row ``i`` of the
+        batch, a softmax over all the batch's candidates ``j`` of
+        ``s_ij = <q_i, c_j> / temperature - log q(item_j)``, target ``j = i``. ``log q`` is
+        the log of each item's probability of appearing as a positive (popularity), the
+        sampling-bias correction of in-batch negatives; other rows holding the same item
+        (accidental hits) are masked out.
+        ``bce``: binary cross-entropy of ``<q_i, c_i> / temperature`` against the label, as
+        in the Databricks notebook.
+
+    Call: ``forward(batch) -> (loss (), (loss detached (), logits (B,), labels (B,)))``;
+    ``logits`` are the pointwise scores ``<q_i, c_i> / temperature`` (for AUC).
+    """
+
+    def __init__(
+        self,
+        two_tower: TwoTower,
+        loss: str = "softmax",
+        temperature: float = 0.05,
+        item_log_q: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        assert loss in LOSSES, f"loss must be one of {LOSSES}, got {loss!r}"
+        assert temperature > 0, f"temperature must be > 0, got {temperature}"
+        self.two_tower = two_tower
+        self.loss_name = loss
+        self.temperature = temperature
+        if item_log_q is not None:
+            assert item_log_q.dim() == 1, "item_log_q must be (num_items,)"
+            assert torch.isfinite(item_log_q).all(), "item_log_q must be finite (smooth counts)"
+        self.register_buffer("item_log_q", item_log_q, persistent=False)
+
+    def forward(
+        self, batch: TwoTowerBatch
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        query, candidate = self.two_tower(batch.sparse_features)
+        logits = (query * candidate).sum(-1) / self.temperature
+        labels = batch.labels
+        if self.loss_name == "bce":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            items = batch.sparse_features[ITEM_FEATURE].values()
+            loss = self._sampled_softmax(query, candidate, items, labels)
+        return loss, (loss.detach(), logits.detach(), labels.detach())
+
+    def _sampled_softmax(
+        self,
+        query: torch.Tensor,
+        candidate: torch.Tensor,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        positive = labels > 0.5
+        if not bool(positive.any()):
+            # Keep the graph (and so the sharded backward's collectives) intact.
+            return (query.sum() + candidate.sum()) * 0.0
+        scores = query[positive] @ candidate.T / self.temperature  # (P, B)
+        if self.item_log_q is not None:
+            scores = scores - self.item_log_q[items].unsqueeze(0)
+        rows = torch.nonzero(positive).squeeze(1)  # (P,) column of each row's own item
+        same_item = items[rows].unsqueeze(1) == items.unsqueeze(0)  # (P, B)
+        own = torch.zeros_like(same_item)
+        own[torch.arange(rows.shape[0]), rows] = True
+        scores = scores.masked_fill(same_item & ~own, float("-inf"))
+        return nn.functional.cross_entropy(scores, rows)
+
+
+def item_log_q_from_counts(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
+    """``log`` of each item's (smoothed) share of positive interactions, ``(num_items,)``."""
+    counts = counts.double() + smoothing
+    return (counts / counts.sum()).log().float()
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def build_two_tower(config: TwoTowerConfig, device: torch.device | str | None = None) -> TwoTower:
+    """An unsharded :class:`TwoTower` for ``config`` (random weights)."""
+    return TwoTower(
+        make_embedding_bag_collection(config, device=device),
+        layer_sizes=config.layer_sizes,
+        normalize=config.normalize,
+        device=torch.device(device) if device is not None else None,
+    )
+
+
+def make_checkpoint(config: TwoTowerConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The saved form of a model: its config and its (full, unsharded) state dict."""
+    return {
+        "format": "recsys_kedro.two_tower/v1",
+        "config": dataclasses.asdict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+    }
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> TwoTower:
+    """Rebuild an eval-mode :class:`TwoTower` from :func:`make_checkpoint`'s dictionary."""
+    fmt = checkpoint.get("format")
+    if fmt != "recsys_kedro.two_tower/v1":
+        raise ValueError(f"not a recsys_kedro two-tower checkpoint (format={fmt!r})")
+    model = build_two_tower(TwoTowerConfig(**checkpoint["config"]), device="cpu")
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    return model.eval()
+
+
+def load_two_tower(path: str) -> TwoTower:
+    """Load a trained two-tower model saved by the pipeline, in any fresh process.
+
+    Example::
+
+        from recsys_kedro.models.two_tower import load_two_tower
+        model = load_two_tower("data/06_models/two_tower.pt")
+        users = model.encode_users(torch.tensor([0, 1]))  # (2, D)
+    """
+    with fsspec.open(path, "rb") as f:
+        checkpoint = torch.load(f, map_location="cpu", weights_only=False)
+    return model_from_checkpoint(checkpoint)

@@ -1,0 +1,189 @@
+"""Feature nodes, all in Spark: id indexes, labels, the train/validation/test split, statistics.
+
+Nothing here collects rows to the driver; only aggregates (counts) come back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+def build_id_index(ratings: DataFrame, id_column: str, index_column: str) -> DataFrame:
+    """Map every distinct id of ``id_column`` to a contiguous index ``0..n-1``.
+
+    Ids are numbered in sorted order with ``RDD.zipWithIndex`` (distributed; no global
+    window on one partition), so the same data always gives the same index.
+
+    Returns:
+        ``<id_column>: string, <index_column>: long``; the mapping that translates model
+        indexes back to the original ids.
+    """
+    ids = ratings.select(id_column).distinct().orderBy(id_column)
+    schema = T.StructType(
+        [
+            T.StructField(id_column, T.StringType(), False),
+            T.StructField(index_column, T.LongType(), False),
+        ]
+    )
+    indexed = ids.rdd.zipWithIndex().map(lambda row_idx: (row_idx[0][0], row_idx[1]))
+    return ids.sparkSession.createDataFrame(indexed, schema)
+
+
+def index_and_label(
+    ratings: DataFrame, user_index: DataFrame, item_index: DataFrame, params: dict[str, Any]
+) -> DataFrame:
+    """Attach ``user_idx``/``item_idx`` and the binary ``label = rating >= label_threshold``.
+
+    Raises:
+        ValueError: if an id has no index (the index was built from other data).
+    """
+    threshold = float(params["label_threshold"])
+    joined = ratings.join(user_index, "user_id", "left").join(item_index, "item_id", "left")
+    missing = joined.where(F.col("user_idx").isNull() | F.col("item_idx").isNull()).limit(3)
+    examples = missing.select("user_id", "item_id").collect()
+    if examples:
+        raise ValueError(
+            f"ids without an index, e.g. {[tuple(r) for r in examples]}: the user/item index "
+            "datasets are stale; re-run the features stage from `int_ratings`."
+        )
+    return joined.select(
+        "user_idx",
+        "item_idx",
+        F.col("rating").cast("float").alias("rating"),
+        "timestamp",
+        (F.col("rating") >= F.lit(threshold)).cast("int").alias("label"),
+    )
+
+
+def _per_user_size(size: float | int, n: Any) -> Any:
+    """A per-user count: an int is that many rows, a float in (0, 1) that share (rounded up)."""
+    if isinstance(size, bool) or size < 0:
+        raise ValueError(f"split sizes must be >= 0, got {size!r}")
+    if isinstance(size, int) or float(size).is_integer() and size >= 1:
+        return F.lit(int(size))
+    if not 0 < size < 1:
+        raise ValueError(f"a fractional split size must be in (0, 1), got {size!r}")
+    return F.ceil(n * F.lit(float(size))).cast("int")
+
+
+def split_interactions(
+    interactions: DataFrame, params: dict[str, Any]
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Split interactions into train, validation and test.
+
+    ``strategy: temporal`` (default): per user, the latest ``test_size`` interactions go to
+    test and the ``validation_size`` before them to validation (ties in time broken by item
+    index); users with fewer than ``min_train_interactions`` left for training keep all
+    their interactions in train. ``strategy: random``: a seeded random split by row with
+    ``random_fractions`` (train, validation, test).
+    """
+    strategy = params.get("strategy", "temporal")
+    if strategy == "random":
+        fractions = [float(x) for x in params.get("random_fractions", (0.8, 0.1, 0.1))]
+        if len(fractions) != 3 or min(fractions) <= 0:
+            raise ValueError(f"random_fractions must be 3 positive numbers, got {fractions}")
+        train, validation, test = interactions.randomSplit(fractions, seed=int(params["seed"]))
+        return train, validation, test
+    if strategy != "temporal":
+        raise ValueError(f"split.strategy must be 'temporal' or 'random', got {strategy!r}")
+    no_time = interactions.where(F.col("timestamp").isNull()).limit(1).count()
+    if no_time:
+        raise ValueError(
+            "the temporal split needs timestamps, but this data has rows without one: set "
+            "two_tower.features.split.strategy: random in conf/base/parameters_two_tower.yml "
+            "(or use a source format with timestamps)"
+        )
+    by_user = Window.partitionBy("user_idx")
+    latest_first = by_user.orderBy(F.col("timestamp").desc(), F.col("item_idx").desc())
+    n = F.count("*").over(by_user)
+    n_test = _per_user_size(params["test_size"], n)
+    n_val = _per_user_size(params["validation_size"], n)
+    min_train = int(params.get("min_train_interactions", 1))
+    ranked = (
+        interactions.withColumn("_pos", F.row_number().over(latest_first))
+        .withColumn("_n", n)
+        .withColumn("_n_test", n_test)
+        .withColumn("_n_val", n_val)
+    )
+    splittable = F.col("_n") - F.col("_n_test") - F.col("_n_val") >= F.lit(min_train)
+    split = (
+        F.when(~splittable, "train")
+        .when(F.col("_pos") <= F.col("_n_test"), "test")
+        .when(F.col("_pos") <= F.col("_n_test") + F.col("_n_val"), "validation")
+        .otherwise("train")
+    )
+    labelled = ranked.withColumn("_split", split).drop("_pos", "_n", "_n_test", "_n_val")
+    out = [labelled.where(F.col("_split") == s).drop("_split") for s in SPLITS]
+    return out[0], out[1], out[2]
+
+
+def item_popularity(train: DataFrame, item_index: DataFrame) -> DataFrame:
+    """Positive training interactions per item index (0 for items never liked in train).
+
+    Used by the log-q correction of the sampled softmax and by the popularity baseline.
+    """
+    positives = (
+        train.where(F.col("label") == 1)
+        .groupBy("item_idx")
+        .agg(F.count("*").cast("long").alias("n_positive"))
+    )
+    return (
+        item_index.select("item_idx")
+        .join(positives, "item_idx", "left")
+        .select("item_idx", F.coalesce("n_positive", F.lit(0)).alias("n_positive"))
+        .orderBy("item_idx")
+    )
+
+
+def summarise_splits(
+    train: DataFrame,
+    validation: DataFrame,
+    test: DataFrame,
+    user_index: DataFrame,
+    item_index: DataFrame,
+) -> dict[str, Any]:
+    """Users, items, interactions and positive rate per split, plus the index sizes.
+
+    Raises:
+        ValueError: if a split is empty (with the parameters to change).
+    """
+    stats: dict[str, Any] = {
+        "n_users": user_index.count(),
+        "n_items": item_index.count(),
+    }
+    for name, df in zip(SPLITS, (train, validation, test), strict=True):
+        row = df.agg(
+            F.count("*").alias("interactions"),
+            F.countDistinct("user_idx").alias("users"),
+            F.countDistinct("item_idx").alias("items"),
+            F.avg("label").alias("positive_rate"),
+        ).first()
+        if row["interactions"] == 0:
+            raise ValueError(
+                f"the {name} split is empty: check two_tower.features.split "
+                "(validation_size, test_size, min_train_interactions or random_fractions)"
+            )
+        stats[name] = {
+            "interactions": int(row["interactions"]),
+            "users": int(row["users"]),
+            "items": int(row["items"]),
+            "positive_rate": float(row["positive_rate"]),
+        }
+    logger.info(
+        "splits: %s",
+        ", ".join(
+            f"{s}={stats[s]['interactions']} rows/{stats[s]['users']} users "
+            f"({stats[s]['positive_rate']:.1%} positive)"
+            for s in SPLITS
+        ),
+    )
+    return stats

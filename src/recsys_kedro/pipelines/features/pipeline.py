@@ -1,0 +1,69 @@
+"""Features: indexes, labels, split and statistics, in Spark."""
+
+from functools import partial
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import (
+    build_id_index,
+    index_and_label,
+    item_popularity,
+    split_interactions,
+    summarise_splits,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                partial(build_id_index, id_column="user_id", index_column="user_idx"),
+                inputs="int_ratings",
+                outputs="user_index@spark",
+                name="index_users",
+            ),
+            node(
+                partial(build_id_index, id_column="item_id", index_column="item_idx"),
+                inputs="int_ratings",
+                outputs="item_index@spark",
+                name="index_items",
+            ),
+            node(
+                index_and_label,
+                inputs=[
+                    "int_ratings",
+                    "user_index@spark",
+                    "item_index@spark",
+                    "params:two_tower.features",
+                ],
+                outputs="interactions",
+                name="index_and_label",
+            ),
+            node(
+                split_interactions,
+                inputs=["interactions", "params:two_tower.features.split"],
+                outputs=["train@spark", "validation@spark", "test@spark"],
+                name="split_interactions",
+            ),
+            node(
+                item_popularity,
+                inputs=["train@spark", "item_index@spark"],
+                outputs="item_popularity@spark",
+                name="item_popularity",
+            ),
+            node(
+                summarise_splits,
+                inputs=[
+                    "train@spark",
+                    "validation@spark",
+                    "test@spark",
+                    "user_index@spark",
+                    "item_index@spark",
+                ],
+                outputs="split_statistics",
+                name="summarise_splits",
+            ),
+        ],
+        namespace="features",
+        prefix_datasets_with_namespace=False,
+    )

@@ -1,0 +1,20 @@
+"""Ingestion: raw ratings (any supported format, or a table) -> clean interactions."""
+
+from kedro.pipeline import Pipeline, node
+
+from .nodes import deduplicate_ratings
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                deduplicate_ratings,
+                inputs=["raw_ratings", "params:two_tower.ingestion"],
+                outputs="int_ratings",
+                name="deduplicate_ratings",
+            )
+        ],
+        namespace="ingestion",
+        prefix_datasets_with_namespace=False,
+    )

@@ -1,0 +1,5 @@
+"""The `two_tower` pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,18 @@
+"""Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
+
+from kedro.config import OmegaConfigLoader
+
+from recsys_kedro.hooks import SparkHooks
+
+# kedro-mlflow registers its own hooks through its plugin entry point.
+HOOKS = (SparkHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "spark": ["spark*", "spark*/**"],
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+    },
+}

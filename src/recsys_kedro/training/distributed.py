@@ -1,0 +1,125 @@
+"""Process-group plumbing shared by every distributed training function.
+
+These helpers run *inside* the ranks launched by ``TorchDistributor`` (or by the tests'
+process spawner): they read the standard ``torchrun`` environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this rank runs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(use_gpu: bool) -> DistContext:
+    """Join the process group: nccl on CUDA, gloo on CPU.
+
+    ``use_gpu=True`` without a visible CUDA device is an error (it would silently train on
+    CPU); ``False`` forces CPU even where CUDA exists.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "use_gpu is true but this process sees no CUDA device: set "
+                "training.use_gpu: false (or null to detect) in parameters_two_tower.yml"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+        # Ranks share the machine's cores; oversubscription makes CPU training crawl.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world_size)))
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few scalars over all ranks (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def all_gather_arrays(array: np.ndarray) -> np.ndarray:
+    """Concatenate a (small) 1-D array from every rank, in rank order, on every rank."""
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts) if parts else array
+
+
+def broadcast_from_main(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (TorchDistributor returns whichever rank ended last)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_full_state_dict(module: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor] | None:
+    """The whole, unsharded state dict of a ``DistributedModelParallel`` module on rank 0.
+
+    Every rank must call this (gathering a sharded table is a collective); ranks other than
+    0 get ``None``. Sharded tables (``ShardedTensor``) are gathered into full CPU tensors;
+    dense parameters are already replicated.
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    full: dict[str, torch.Tensor] = {}
+    for key, value in module.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            out = (
+                torch.empty(value.size(), dtype=value.dtype, device=ctx.device)
+                if ctx.is_main
+                else None
+            )
+            value.gather(dst=0, out=out)
+            if ctx.is_main:
+                full[key] = out.cpu()
+        elif ctx.is_main:
+            full[key] = value.detach().cpu()
+    return full if ctx.is_main else None
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,401 @@
+"""recsys_kedro.data.ratings: each published layout parses; each malformed file fails helpfully."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from recsys_kedro.data.ratings import (
+    CANONICAL_SCHEMA,
+    RATINGS_FORMATS,
+    RatingsFormatError,
+    read_ratings,
+    validate_ratings,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ratings"
+CANONICAL = "struct<user_id:string,item_id:string,rating:double,timestamp:bigint>"
+
+
+def utc(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp())
+
+
+# format, fixture, rows, distinct users, distinct items, rows read off the fixture by eye
+FORMAT_CASES = [
+    (
+        "recbole_inter",
+        "ml-100k.inter",
+        23,
+        20,
+        21,
+        [("196", "242", 3.0, 881250949), ("22", "242", 5.0, 878887300)],
+    ),
+    (
+        "ml100k_udata",
+        "u.data",
+        23,
+        20,
+        21,
+        [("186", "302", 3.0, 891717742), ("186", "302", 2.0, 891718000)],
+    ),
+    (
+        "ml1m_dat",
+        "ratings.dat",
+        20,
+        3,
+        17,
+        [("1", "1193", 5.0, 978300760), ("3", "3408", 5.0, 978297068)],
+    ),
+    (
+        "ml_csv",
+        "ratings.csv",
+        20,
+        4,
+        17,
+        [("2", "1704", 4.5, 1445715228), ("3", "31", 0.5, 1306463578)],
+    ),
+    (
+        "lfs_item_ratings",
+        "item_ratings.csv",
+        18,
+        4,
+        11,
+        [
+            ("282f25d625543eea37ac921ee572f21a", "1", 4.0, utc(2019, 3, 13, 16, 25, 31)),
+            ("03bff3cf60d8876afa44f59ad1f15f81", "296", 0.5, utc(2019, 4, 23, 0, 1, 10)),
+        ],
+    ),
+]
+
+
+def _naive_parse(path: Path, fmt: str) -> list[tuple]:
+    """An independent reading of a fixture with plain Python, to compare Spark's result with."""
+    spec = RATINGS_FORMATS[fmt]
+    lines = [line for line in path.read_text().splitlines() if line]
+    if spec.header:
+        lines = lines[1:]
+    rows = []
+    for line in lines:
+        user, item, rating, stamp = line.split(spec.sep)
+        if fmt == "lfs_item_ratings":
+            seconds = int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp())
+        else:
+            seconds = int(float(stamp))
+        rows.append((user, item, float(rating), seconds))
+    return rows
+
+
+@pytest.mark.parametrize(("fmt", "fixture", "n_rows", "n_users", "n_items", "spot"), FORMAT_CASES)
+def test_each_published_format_parses_to_the_canonical_schema(
+    spark, fmt, fixture, n_rows, n_users, n_items, spot
+):
+    df = read_ratings(spark, str(FIXTURES / fixture), fmt)
+
+    assert df.schema.simpleString() == CANONICAL
+    rows = [tuple(r) for r in df.collect()]  # a fixture of ~20 rows
+    assert len(rows) == n_rows
+    assert len({r[0] for r in rows}) == n_users
+    assert len({r[1] for r in rows}) == n_items
+    for row in spot:
+        assert row in rows
+    assert sorted(rows) == sorted(_naive_parse(FIXTURES / fixture, fmt))
+
+
+def test_datetime_timestamps_are_utc_whatever_the_session_time_zone(spark):
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        rows = read_ratings(spark, str(FIXTURES / "item_ratings.csv"), "lfs_item_ratings")
+        first = rows.filter("item_id = '1' AND rating = 4.0").collect()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", before)
+    assert [r.timestamp for r in first] == [utc(2019, 3, 13, 16, 25, 31)]
+
+
+def test_files_without_a_timestamp_column_give_null_timestamps(spark, tmp_path):
+    lfs = tmp_path / "item_ratings.csv"
+    lfs.write_text("userId,movieId,rating\nabc123,10,3.5\nabc123,11,4.0\nffff,10,0.5\n")
+    inter = tmp_path / "implicit.inter"
+    inter.write_text("user_id:token\titem_id:token\trating:float\nu1\ti1\t1\nu2\ti1\t2\n")
+
+    lfs_rows = read_ratings(spark, str(lfs), "lfs_item_ratings").collect()
+    inter_rows = read_ratings(spark, str(inter), "recbole_inter").collect()
+
+    assert sorted(tuple(r) for r in lfs_rows) == [
+        ("abc123", "10", 3.5, None),
+        ("abc123", "11", 4.0, None),
+        ("ffff", "10", 0.5, None),
+    ]
+    assert sorted(tuple(r) for r in inter_rows) == [
+        ("u1", "i1", 1.0, None),
+        ("u2", "i1", 2.0, None),
+    ]
+
+
+def test_a_directory_or_glob_of_files_is_read_whole(spark, tmp_path):
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    shutil.copy(FIXTURES / "ratings.csv", csv_dir / "part-0.csv")
+    shutil.copy(FIXTURES / "ratings.csv", csv_dir / "part-1.csv")
+    for name in ("a.data", "b.data"):
+        shutil.copy(FIXTURES / "u.data", tmp_path / name)
+
+    # the header line of every file is skipped, not read as a rating
+    assert read_ratings(spark, str(csv_dir), "ml_csv").count() == 40
+    assert read_ratings(spark, str(tmp_path / "*.data"), "ml100k_udata").count() == 46
+
+
+def test_rating_range_is_configurable_and_inclusive(spark, tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text("1\t1\t1\t100\n1\t2\t10\t100\n")
+
+    rows = read_ratings(spark, str(path), "ml100k_udata", rating_range=(1, 10)).collect()
+
+    assert sorted(r.rating for r in rows) == [1.0, 10.0]
+    with pytest.raises(RatingsFormatError, match=r"outside rating_range \[0\.5, 5\]"):
+        read_ratings(spark, str(path), "ml100k_udata")
+
+
+def test_validation_is_one_aggregating_query(spark):
+    """One query (AQE may run its shuffle stage as a job of its own), not one per check."""
+    sc = spark.sparkContext
+    sc.setJobGroup("ratings-validation-jobs", "count the jobs of one validation")
+    try:
+        read_ratings(spark, str(FIXTURES / "u.data"), "ml100k_udata")
+        jobs = sc.statusTracker().getJobIdsForGroup("ratings-validation-jobs")
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert 1 <= len(jobs) <= 2
+
+
+# ----------------------------------------------------------------------------------------------
+# malformed files: the error names the file, the column, a count, examples and the fix
+# ----------------------------------------------------------------------------------------------
+
+GOOD_UDATA = "1\t10\t3\t881250949\n2\t20\t4\t881250950\n"
+GOOD_CSV = "1,10,3.0,1147880044\n2,20,4.5,1147880045\n"
+LFS_HEADER = "userId,movieId,rating,tstamp\n"
+GOOD_LFS = "aa11,10,3.0,2019-03-13 16:25:31\nbb22,20,4.5,2019-03-13 16:25:32\n"
+
+MALFORMED = [
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\t30\t\t881250951\n",
+        ["field 3 `rating`", "is empty or missing", "1 of 3 lines", "'3\\t30\\t\\t881250951'"],
+        id="udata-empty-rating",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "\t30\t2\t881250951\n",
+        ["field 1 `user id`", "is empty or missing"],
+        id="udata-empty-user",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\tabc\t2\t881250951\n3\t4.5\t2\t881250951\n",
+        ["field 2 `item id` (item_id) is not an integer id", "2 of 4 lines", "'abc'", "'4.5'"],
+        id="udata-item-not-integer",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\t30\t2\n",
+        ["too few or too many fields", "field 4 `timestamp`", "'3\\t30\\t2'"],
+        id="udata-too-few-fields",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\t30\tgood\t881250951\n",
+        ["field 3 `rating` (rating) is not a number", "'good'"],
+        id="udata-rating-not-a-number",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\t30\t0\t881250951\n3\t31\t5.5\t881250951\n",
+        ["field 3 `rating`", "outside rating_range [0.5, 5]", "2 of 4", "'0.0'", "'5.5'"],
+        id="udata-rating-out-of-range",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        GOOD_UDATA + "3\t30\t2\t1998-01-01\n",
+        ["field 4 `timestamp`", "is not an integer number of seconds", "'1998-01-01'"],
+        id="udata-bad-timestamp",
+    ),
+    pytest.param(
+        "ml1m_dat",
+        "ratings.dat",
+        GOOD_UDATA,
+        ["too few or too many fields", "field 2 `MovieID`", "try `format: ml100k_udata`"],
+        id="ml1m-given-a-tab-separated-file",
+    ),
+    pytest.param(
+        "ml1m_dat",
+        "ratings.dat",
+        "1::1193::5::978300760\n1::661::x::978302109\n",
+        ["field 3 `Rating` (rating) is not a number", "'x'"],
+        id="ml1m-bad-rating",
+    ),
+    pytest.param(
+        "ml_csv",
+        "ratings.csv",
+        "userId,movieId,timestamp\n1,10,1147880044\n",
+        ["missing column(s) `rating`", "['userId', 'movieId', 'timestamp']"],
+        id="csv-missing-column",
+    ),
+    pytest.param(
+        "ml_csv",
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n" + GOOD_CSV + "u7,10,3.0,1147880044\n",
+        ["column `userId` (user_id) is not an integer id", "'u7'"],
+        id="csv-user-not-integer",
+    ),
+    pytest.param(
+        "ml_csv",
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n" + GOOD_CSV + "3,30,4.0,\n",
+        ["column `timestamp` (timestamp) is not an integer number of seconds", "1 of 3"],
+        id="csv-empty-timestamp",
+    ),
+    pytest.param(
+        "lfs_item_ratings",
+        "item_ratings.csv",
+        LFS_HEADER + GOOD_LFS + "cc33,30,4.0,13/03/2019 16:25\n",
+        ["column `tstamp` (timestamp) is not a datetime", "'13/03/2019 16:25'"],
+        id="lfs-bad-tstamp",
+    ),
+    pytest.param(
+        "lfs_item_ratings",
+        "item_ratings.csv",
+        LFS_HEADER + GOOD_LFS + "cc33,tt0111161,4.0,2019-03-13 16:25:31\n",
+        ["column `movieId` (item_id) is not an integer id", "'tt0111161'"],
+        id="lfs-item-not-integer",
+    ),
+    pytest.param(
+        "lfs_item_ratings",
+        "item_ratings.csv",
+        LFS_HEADER + GOOD_LFS + ",30,4.0,2019-03-13 16:25:31\n",
+        ["column `userId` (user_id) is empty or missing"],
+        id="lfs-empty-user",
+    ),
+    pytest.param(
+        "recbole_inter",
+        "ml-100k.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "196\t242\t3\t881250949\n186\t \t3\t891717742\n",
+        ["column `item_id` (item_id) is empty or missing"],
+        id="recbole-empty-token",
+    ),
+    pytest.param(
+        "recbole_inter",
+        "ml-100k.inter",
+        "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
+        ["missing column(s) `user_id` (user_id)", "try `format: ml100k_udata`"],
+        id="recbole-without-header",
+    ),
+    pytest.param(
+        "ml100k_udata",
+        "u.data",
+        "",
+        ["no ratings rows"],
+        id="udata-empty-file",
+    ),
+    pytest.param(
+        "ml_csv",
+        "ratings.csv",
+        "",
+        ["the file is empty"],
+        id="csv-empty-file",
+    ),
+    pytest.param(
+        "ml_csv",
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n",
+        ["no ratings rows"],
+        id="csv-header-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fmt", "name", "content", "expected"), MALFORMED)
+def test_malformed_files_raise_a_helpful_error(spark, tmp_path, fmt, name, content, expected):
+    path = tmp_path / f"bad-{name}"
+    path.write_text(content)
+
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(path), fmt)
+
+    message = str(info.value)
+    assert str(path) in message
+    for text in expected:
+        assert text in message
+    assert "Fix:" in message
+
+
+def test_examples_are_capped_at_three_and_the_count_is_exact(spark, tmp_path):
+    path = tmp_path / "u.data"
+    path.write_text(GOOD_UDATA + "".join(f"9\titem{i}\t3\t881250949\n" for i in range(6)))
+
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(path), "ml100k_udata")
+
+    line = next(x for x in str(info.value).splitlines() if "`item id`" in x)
+    assert "6 of 8 lines" in line
+    assert 1 <= line.count("'item") <= 3
+
+
+def test_a_bad_file_in_a_directory_is_named_in_the_examples(spark, tmp_path):
+    (tmp_path / "good.data").write_text(GOOD_UDATA)
+    (tmp_path / "broken.data").write_text("7\t70\tseven\t881250949\n")
+
+    with pytest.raises(RatingsFormatError, match=r"broken\.data: 'seven'"):
+        read_ratings(spark, str(tmp_path), "ml100k_udata")
+
+
+def test_missing_file_names_the_path_and_the_catalog_key(spark, tmp_path):
+    path = tmp_path / "nowhere" / "u.data"
+    for fmt in ("ml100k_udata", "ml_csv"):
+        with pytest.raises(RatingsFormatError) as info:
+            read_ratings(spark, str(path), fmt)
+        assert str(path) in str(info.value)
+        assert "no such file" in str(info.value)
+        assert "`filepath:`" in str(info.value)
+
+
+def test_unknown_format_lists_the_known_ones(spark):
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(FIXTURES / "u.data"), "movielens")
+    for name in ("recbole_inter", "ml100k_udata", "ml1m_dat", "ml_csv", "lfs_item_ratings"):
+        assert name in str(info.value)
+    assert "'movielens'" in str(info.value)
+
+
+def test_bad_rating_range_is_rejected_before_reading(spark):
+    with pytest.raises(ValueError, match="rating_range"):
+        read_ratings(spark, "/nonexistent/u.data", "ml100k_udata", rating_range=(5, 1))
+
+
+def test_validate_ratings_checks_an_already_parsed_frame(spark):
+    good = spark.createDataFrame(
+        [("u1", "i1", 4.0, 1), ("u2", "i1", 0.5, None)], schema=CANONICAL_SCHEMA
+    )
+    bad = spark.createDataFrame(
+        [("u1", "i1", 4.0, 1), ("u2", None, 9.0, 2)], schema=CANONICAL_SCHEMA
+    )
+
+    assert validate_ratings(good, "table 'memory'", (0.5, 5.0)).count() == 2
+    with pytest.raises(RatingsFormatError) as info:
+        validate_ratings(bad, "table 'memory'", (0.5, 5.0))
+    message = str(info.value)
+    assert "table 'memory'" in message
+    assert "column `item_id` is empty or missing" in message
+    assert "column `rating` is outside rating_range" in message

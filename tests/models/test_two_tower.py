@@ -1,0 +1,145 @@
+"""Unit tests of the two-tower modules (single process, unsharded)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recsys_kedro.models.two_tower import (
+    TwoTowerConfig,
+    TwoTowerTrainTask,
+    build_two_tower,
+    item_log_q_from_counts,
+    load_two_tower,
+    make_batch,
+    make_checkpoint,
+    model_from_checkpoint,
+)
+
+CONFIG = TwoTowerConfig(num_users=7, num_items=11, embedding_dim=8, layer_sizes=(16, 4))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return build_two_tower(CONFIG, device="cpu")
+
+
+def test_forward_shapes_and_normalisation(model):
+    batch = make_batch(torch.tensor([0, 1, 6]), torch.tensor([3, 10, 0]), torch.tensor([1, 0, 1]))
+    query, candidate = model(batch.sparse_features)
+    assert query.shape == (3, 4) and candidate.shape == (3, 4)
+    torch.testing.assert_close(query.norm(dim=-1), torch.ones(3))
+
+
+def test_encoders_match_the_forward_pass(model):
+    users, items = torch.tensor([2, 5]), torch.tensor([9, 1])
+    query, candidate = model(make_batch(users, items, torch.zeros(2)).sparse_features)
+    torch.testing.assert_close(model.encode_users(users), query)
+    torch.testing.assert_close(model.encode_items(items), candidate)
+
+
+def test_config_and_batch_invariants():
+    with pytest.raises(ValueError, match="num_users"):
+        TwoTowerConfig(num_users=0, num_items=3)
+    with pytest.raises(ValueError, match="1-D of one length"):
+        make_batch(torch.tensor([1, 2]), torch.tensor([1]), torch.tensor([1, 1]))
+    with pytest.raises(AssertionError, match="loss must be one of"):
+        TwoTowerTrainTask(build_two_tower(CONFIG), loss="hinge")
+
+
+def _manual_softmax_loss(q, c, items, labels, temperature, log_q):
+    """Reference: a Python loop over the positive rows."""
+    losses = []
+    for i in range(len(items)):
+        if labels[i] < 0.5:
+            continue
+        logits = []
+        for j in range(len(items)):
+            if j != i and items[j] == items[i]:
+                continue  # accidental hit: masked
+            logits.append(float(q[i] @ c[j]) / temperature - float(log_q[items[j]]))
+        own = float(q[i] @ c[i]) / temperature - float(log_q[items[i]])
+        losses.append(-own + math.log(sum(math.exp(x) for x in logits)))
+    return sum(losses) / len(losses)
+
+
+def test_sampled_softmax_matches_reference_with_log_q_and_accidental_hits(model):
+    counts = torch.tensor([5, 1, 0, 3, 2, 8, 1, 1, 0, 4, 2])
+    log_q = item_log_q_from_counts(counts)
+    task = TwoTowerTrainTask(model, loss="softmax", temperature=0.2, item_log_q=log_q)
+    users = torch.tensor([0, 1, 2, 3, 4, 5])
+    items = torch.tensor([3, 5, 3, 9, 0, 1])  # item 3 twice: an accidental hit
+    labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    batch = make_batch(users, items, labels)
+    loss, (detached, logits, out_labels) = task(batch)
+    q, c = model(batch.sparse_features)
+    expected = _manual_softmax_loss(q, c, items.tolist(), labels.tolist(), 0.2, log_q)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(logits, (q * c).sum(-1) / 0.2)
+    torch.testing.assert_close(out_labels, labels)
+    assert not detached.requires_grad
+
+
+def test_bce_loss_is_the_pointwise_objective(model):
+    task = TwoTowerTrainTask(model, loss="bce", temperature=0.5)
+    batch = make_batch(torch.tensor([0, 1, 2]), torch.tensor([4, 4, 7]), torch.tensor([1, 0, 1]))
+    loss, (_, logits, _) = task(batch)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor([1.0, 0.0, 1.0])
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_batch_without_positives_gives_zero_loss_that_still_backpropagates(model):
+    task = TwoTowerTrainTask(model, loss="softmax")
+    batch = make_batch(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([0.0, 0.0]))
+    loss, _ = task(batch)
+    assert loss.item() == 0.0
+    loss.backward()  # must not raise: the graph is intact
+    assert model.query_tower[0].weight.grad is not None
+
+
+def test_training_steps_reduce_the_loss(model):
+    torch.manual_seed(1)
+    task = TwoTowerTrainTask(model, loss="softmax", temperature=0.1)
+    users = torch.arange(7).repeat(3)
+    items = (users * 3) % 11
+    batch = make_batch(users, items, torch.ones_like(users, dtype=torch.float32))
+    opt = torch.optim.Adam(task.parameters(), lr=0.05)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        loss, _ = task(batch)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.5 * first
+
+
+def test_checkpoint_round_trip_in_a_fresh_process(model, tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(make_checkpoint(CONFIG, model.state_dict()), path)
+    users = torch.tensor([0, 3, 6])
+    expected = model.encode_users(users)
+    torch.testing.assert_close(load_two_tower(str(path)).encode_users(users), expected)
+    code = (
+        "import torch; from recsys_kedro.models.two_tower import load_two_tower; "
+        f"m = load_two_tower({str(path)!r}); "
+        "print(m.encode_users(torch.tensor([0, 3, 6])).sum().item())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(
+        expected.sum().item(), abs=1e-5
+    )
+
+
+def test_model_from_checkpoint_rejects_foreign_dicts():
+    with pytest.raises(ValueError, match="not a recsys_kedro two-tower checkpoint"):
+        model_from_checkpoint({"state_dict": {}})

@@ -1,0 +1,71 @@
+"""The training node launches TorchDistributor (2 local gloo processes) on tiny MDS data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_kedro.mds import write_mds
+from recsys_kedro.models.two_tower import model_from_checkpoint
+from recsys_kedro.pipelines.training.nodes import plot_training_curves, train_two_tower
+
+COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
+MODEL = {"embedding_dim": 8, "layer_sizes": [16, 8], "normalize": True}
+
+
+def _params(tmp_path, **overrides):
+    params = {
+        "num_processes": 2,
+        "local_mode": True,
+        "use_gpu": False,
+        "loss": "softmax",
+        "temperature": 0.1,
+        "epochs": 2,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "embedding_lr": 0.1,
+        "dense_lr": 0.01,
+        "seed": 1,
+        "checkpoint_dir": str(tmp_path / "staging"),
+        "cache_dir": None,
+        "progress": False,
+    }
+    params.update(overrides)
+    return params
+
+
+def _split(spark, rng, n, n_users, n_items):
+    u, i = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    rows = [(int(a), int(b), int(a % 2 == b % 2), 4.0) for a, b in zip(u, i, strict=True)]
+    return spark.createDataFrame(rows, "user_idx long, item_idx long, label int, rating float")
+
+
+def test_train_two_tower_node_returns_checkpoint_history_and_summary(spark, tmp_path):
+    rng = np.random.default_rng(0)
+    train = write_mds(
+        _split(spark, rng, 600, 10, 12), path=str(tmp_path / "train"), columns=COLUMNS
+    )
+    val = write_mds(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "val"), columns=COLUMNS)
+    stats = {"n_users": 10, "n_items": 12}
+    popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
+    checkpoint, history, summary = train_two_tower(
+        train, val, stats, popularity, MODEL, _params(tmp_path)
+    )
+    model = model_from_checkpoint(checkpoint)
+    assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
+    assert [m["step"] for m in history["train_loss"]] == [1, 2]
+    assert set(history) == {"train_loss", "val_loss", "val_auc", "train_samples_per_s"}
+    assert summary["world_size"] == 2 and summary["train_samples_per_s"] > 0
+    assert "checkpoint_path" not in summary
+    assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
+    figure = plot_training_curves(summary)
+    assert len(figure.axes) == 2  # loss (train + val) and AUC
+
+
+def test_train_two_tower_rejects_a_popularity_table_of_another_index(tmp_path):
+    popularity = pd.DataFrame({"item_idx": range(5), "n_positive": [1] * 5})
+    with pytest.raises(ValueError, match="same item index"):
+        train_two_tower(
+            None, None, {"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path)
+        )

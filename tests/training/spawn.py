@@ -1,0 +1,53 @@
+"""Run a training function on N local gloo processes without Spark (what TorchDistributor does).
+
+Each child gets the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT), calls ``fn(config)`` and pickles its return value to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(rank: int, world_size: int, port: int, fn: Callable, config: Any, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    result = fn(config)
+    with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
+        pickle.dump(result, f)
+
+
+def run_on_ranks(fn: Callable, config: Any, world_size: int, out_dir: Path) -> list[Any]:
+    """Return every rank's result, in rank order; a crashed rank raises ProcessRaisedException."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(
+        _child,
+        args=(world_size, _free_port(), fn, config, str(out_dir)),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )
+    results = []
+    for rank in range(world_size):
+        with open(out_dir / f"rank{rank}.pkl", "rb") as f:
+            results.append(pickle.load(f))
+    return results
