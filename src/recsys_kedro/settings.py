@@ -11,8 +11,12 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment (e.g. databricks) overrides single keys of parameters and mlflow.yml,
+    # not whole sections.
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
     "config_patterns": {
         "spark": ["spark*", "spark*/**"],
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],  # kedro-mlflow's own pattern
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
     },
 }

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from recsys_kedro.data.ratings import (
-    CANONICAL_SCHEMA,
     RATINGS_FORMATS,
     RatingsFormatError,
     read_ratings,
@@ -181,56 +180,43 @@ GOOD_CSV = "1,10,3.0,1147880044\n2,20,4.5,1147880045\n"
 LFS_HEADER = "userId,movieId,rating,tstamp\n"
 GOOD_LFS = "aa11,10,3.0,2019-03-13 16:25:31\nbb22,20,4.5,2019-03-13 16:25:32\n"
 
+
+def test_every_problem_of_a_file_is_reported_at_once(spark, tmp_path):
+    """One validation pass finds each kind of bad line, each named by its column."""
+    path = tmp_path / "u.data"
+    path.write_text(
+        GOOD_UDATA
+        + "3\t30\t\t881250951\n"  # empty rating
+        + "\t30\t2\t881250951\n"  # empty user
+        + "3\tabc\t2\t881250951\n3\t4.5\t2\t881250951\n"  # items not integers
+        + "3\t30\t2\n"  # too few fields
+        + "3\t30\tgood\t881250951\n"  # rating not a number
+        + "3\t30\t0\t881250951\n3\t31\t5.5\t881250951\n"  # ratings out of range
+        + "3\t30\t2\t1998-01-01\n"  # timestamp not epoch seconds
+    )
+
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(path), "ml100k_udata")
+
+    lines = str(info.value).splitlines()
+    assert str(path) in lines[0]
+    assert "7 problem(s)" in lines[0]
+
+    def problem(*parts: str) -> None:
+        assert any(all(p in line for p in parts) for line in lines), (parts, lines)
+
+    problem("field 3 `rating` (rating) is empty or missing", "1 of 11 lines", "'3\\t30\\t\\t8812")
+    problem("field 1 `user id` (user_id) is empty or missing", "1 of 11 lines")
+    problem("field 2 `item id` (item_id) is not an integer id", "2 of 11", "'abc'", "'4.5'")
+    problem("too few or too many fields", "field 4 `timestamp`", "1 of 11", "'3\\t30\\t2'")
+    problem("field 3 `rating` (rating) is not a number", "1 of 11", "'good'")
+    problem("field 3 `rating`", "outside rating_range [0.5, 5]", "2 of 11", "'0'", "'5.5'")
+    problem("field 4 `timestamp`", "not an integer number of seconds", "'1998-01-01'")
+    assert lines[-1].startswith("Fix: check that the file is a tab-separated GroupLens ml-100k")
+    assert "`format:` in conf/base/catalog.yml" in lines[-1]
+
+
 MALFORMED = [
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\t30\t\t881250951\n",
-        ["field 3 `rating`", "is empty or missing", "1 of 3 lines", "'3\\t30\\t\\t881250951'"],
-        id="udata-empty-rating",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "\t30\t2\t881250951\n",
-        ["field 1 `user id`", "is empty or missing"],
-        id="udata-empty-user",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\tabc\t2\t881250951\n3\t4.5\t2\t881250951\n",
-        ["field 2 `item id` (item_id) is not an integer id", "2 of 4 lines", "'abc'", "'4.5'"],
-        id="udata-item-not-integer",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\t30\t2\n",
-        ["too few or too many fields", "field 4 `timestamp`", "'3\\t30\\t2'"],
-        id="udata-too-few-fields",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\t30\tgood\t881250951\n",
-        ["field 3 `rating` (rating) is not a number", "'good'"],
-        id="udata-rating-not-a-number",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\t30\t0\t881250951\n3\t31\t5.5\t881250951\n",
-        ["field 3 `rating`", "outside rating_range [0.5, 5]", "2 of 4", "'0.0'", "'5.5'"],
-        id="udata-rating-out-of-range",
-    ),
-    pytest.param(
-        "ml100k_udata",
-        "u.data",
-        GOOD_UDATA + "3\t30\t2\t1998-01-01\n",
-        ["field 4 `timestamp`", "is not an integer number of seconds", "'1998-01-01'"],
-        id="udata-bad-timestamp",
-    ),
     pytest.param(
         "ml1m_dat",
         "ratings.dat",
@@ -385,11 +371,12 @@ def test_bad_rating_range_is_rejected_before_reading(spark):
 
 
 def test_validate_ratings_checks_an_already_parsed_frame(spark):
-    good = spark.createDataFrame(
-        [("u1", "i1", 4.0, 1), ("u2", "i1", 0.5, None)], schema=CANONICAL_SCHEMA
+    columns = "AS t(user_id, item_id, rating, timestamp)"
+    good = spark.sql(
+        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, 1L), ('u2', 'i1', 0.5D, NULL) {columns}"
     )
-    bad = spark.createDataFrame(
-        [("u1", "i1", 4.0, 1), ("u2", None, 9.0, 2)], schema=CANONICAL_SCHEMA
+    bad = spark.sql(
+        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, 1L), ('u2', NULL, 9.0D, 2L) {columns}"
     )
 
     assert validate_ratings(good, "table 'memory'", (0.5, 5.0)).count() == 2

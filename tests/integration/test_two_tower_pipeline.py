@@ -136,9 +136,10 @@ def test_mlflow_run_has_params_curves_and_artifacts(pipeline_run):
     run = runs[0]
     assert run.data.params["two_tower.training.epochs"] == "2"
     assert run.data.params["two_tower.features.label_threshold"] == "4.0"
-    history = client.get_metric_history(run.info.run_id, "train_loss")
+    history = client.get_metric_history(run.info.run_id, "two_tower.train_loss")
     assert [m.step for m in history] == [1, 2]
-    assert "test_recall_at_10" in run.data.metrics
+    assert "two_tower.test_recall_at_10" in run.data.metrics
+    assert "two_tower.val_auc" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "embeddings", "plots"} <= artifacts
     local = mlflow.artifacts.download_artifacts(

@@ -5,6 +5,8 @@ import pytest
 from recsys_kedro.pipelines.features.nodes import (
     build_id_index,
     index_and_label,
+    index_items,
+    index_users,
     item_popularity,
     split_interactions,
     summarise_splits,
@@ -32,8 +34,8 @@ def test_id_index_is_contiguous_sorted_and_stable(spark):
 
 def test_index_and_label_applies_threshold_and_indexes(spark):
     df = _ratings(spark, [("a", "x", 4.0, 1), ("b", "y", 3.5, 2)])
-    users = build_id_index(df, "user_id", "user_idx")
-    items = build_id_index(df, "item_id", "item_idx")
+    users, items = index_users(df), index_items(df)
+    assert users.columns == ["user_id", "user_idx"] and items.columns == ["item_id", "item_idx"]
     rows = {
         (r.user_idx, r.item_idx): r.label
         for r in index_and_label(df, users, items, {"label_threshold": 4.0}).collect()

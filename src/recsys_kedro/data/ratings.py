@@ -10,9 +10,10 @@ Every reader returns a lazy Spark DataFrame with the canonical schema::
 ``timestamp`` is seconds since the epoch (UTC), null where the source has none. Files are read
 with Spark's CSV reader and an explicit schema of strings, then parsed with ``try_cast`` (null
 where a value does not parse, also under ANSI mode), so nothing is collected to the driver.
-Before the DataFrame is returned, :func:`validate_ratings` runs ONE aggregating Spark job that
-checks every row and raises :class:`RatingsFormatError` naming the file (or table), the column,
-what is wrong (a count and up to 3 examples) and how to fix it.
+Before the DataFrame is returned, :func:`validate_ratings` runs ONE aggregating Spark query (one
+pass over the data; header formats read their first line before it) that checks every row and
+raises :class:`RatingsFormatError` naming the file (or table), the column, what is wrong (a
+count and up to 3 examples) and how to fix it.
 """
 
 from __future__ import annotations
@@ -88,10 +89,6 @@ class RatingsFormat:
     timestamp: str = "epoch"
     strip_header_types: bool = False
     example: str = ""
-
-    @property
-    def column_map(self) -> dict[str, str]:
-        return dict(self.columns)
 
 
 RATINGS_FORMATS: dict[str, RatingsFormat] = {
@@ -393,7 +390,7 @@ def validate_ratings(
     expected: Mapping[str, str] | None = None,
     fix: str | None = None,
 ) -> DataFrame:
-    """Check ratings in ONE aggregating Spark job; raise :class:`RatingsFormatError` or return them.
+    """Check ratings in ONE aggregating Spark query; raise :class:`RatingsFormatError` if bad.
 
     ``df`` must have the canonical columns, already parsed (null where a value did not parse).
     It may also carry the helper columns a reader adds: ``_raw_<column>`` (the trimmed text
@@ -455,7 +452,7 @@ def validate_ratings(
         checks.append(
             (
                 None,
-                "line(s) have too few or too many fields (expected the fields "
+                "line(s) have too few or too many fields (expected: "
                 f"{', '.join(labels[c] for c in CANONICAL_COLUMNS if c in label_given)})",
                 F.col(CORRUPT_COLUMN).isNotNull(),
                 example(F.col(CORRUPT_COLUMN)),
@@ -486,12 +483,15 @@ def validate_ratings(
                 )
             )
     rating = F.col("rating")
+    rating_text = (
+        F.col(RAW_PREFIX + "rating") if RAW_PREFIX + "rating" in columns else rating.cast("string")
+    )
     checks.append(
         (
             labels["rating"],
             f"is outside rating_range [{low:g}, {high:g}]",
             whole_line & rating.isNotNull() & ~((rating >= low) & (rating <= high)),
-            example(rating.cast("string")),
+            example(rating_text),
             "if this data uses another rating scale, set `rating_range: [low, high]` in the "
             f"catalog entry in {CATALOG_FILE}",
         )
@@ -517,7 +517,7 @@ def validate_ratings(
             F.min(bad).alias(f"b{i}"),
             F.max(bad).alias(f"c{i}"),
         ]
-    result = df.agg(*aggs).first()  # the one Spark job
+    result = df.agg(*aggs).first()  # the one pass over the data
     if result is None:  # pragma: no cover - a global aggregate always has one row
         raise RatingsFormatError(f"{source}: could not be read")
 

@@ -38,6 +38,16 @@ def build_id_index(ratings: DataFrame, id_column: str, index_column: str) -> Dat
     return ids.sparkSession.createDataFrame(indexed, schema)
 
 
+def index_users(ratings: DataFrame) -> DataFrame:
+    """``user_id -> user_idx`` (see :func:`build_id_index`)."""
+    return build_id_index(ratings, "user_id", "user_idx")
+
+
+def index_items(ratings: DataFrame) -> DataFrame:
+    """``item_id -> item_idx`` (see :func:`build_id_index`)."""
+    return build_id_index(ratings, "item_id", "item_idx")
+
+
 def index_and_label(
     ratings: DataFrame, user_index: DataFrame, item_index: DataFrame, params: dict[str, Any]
 ) -> DataFrame:

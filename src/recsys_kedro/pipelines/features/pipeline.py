@@ -1,12 +1,11 @@
 """Features: indexes, labels, split and statistics, in Spark."""
 
-from functools import partial
-
 from kedro.pipeline import Pipeline, node
 
 from .nodes import (
-    build_id_index,
     index_and_label,
+    index_items,
+    index_users,
     item_popularity,
     split_interactions,
     summarise_splits,
@@ -17,13 +16,13 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                partial(build_id_index, id_column="user_id", index_column="user_idx"),
+                index_users,
                 inputs="int_ratings",
                 outputs="user_index@spark",
                 name="index_users",
             ),
             node(
-                partial(build_id_index, id_column="item_id", index_column="item_idx"),
+                index_items,
                 inputs="int_ratings",
                 outputs="item_index@spark",
                 name="index_items",

@@ -1,0 +1,70 @@
+"""The `databricks` environment resolves every dataset of `two_tower` (no workspace needed).
+
+Only the configuration is tested here: the datasets are instantiated, not loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
+
+from recsys_kedro.pipelines.two_tower import create_pipeline
+from recsys_kedro.settings import CONFIG_LOADER_ARGS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _loader(env: str) -> OmegaConfigLoader:
+    args = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "default_run_env"}
+    return OmegaConfigLoader(conf_source=str(CONF), env=env, **args)
+
+
+@pytest.fixture(scope="module")
+def databricks():
+    loader = _loader("databricks")
+    return loader, DataCatalog.from_config(loader["catalog"])
+
+
+def _datasets():
+    return sorted(d for d in create_pipeline().datasets() if not d.startswith("params:"))
+
+
+@pytest.mark.parametrize("name", _datasets())
+def test_every_two_tower_dataset_resolves_in_databricks(databricks, name):
+    _, catalog = databricks
+    dataset = catalog.get(name)
+    assert dataset is not None, f"{name} does not resolve in conf/databricks + conf/base"
+
+
+def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):
+    loader, catalog = databricks
+    described = str(catalog.get("raw_ratings"))
+    assert "main.recsys.item_ratings" in described
+    for split in ("train", "validation", "test"):
+        mds = catalog.get(f"{split}_mds")
+        desc = mds._describe()
+        assert str(desc["filepath"]).startswith("/Volumes/"), desc
+        assert desc["local_cache"].startswith("/local_disk0/"), desc
+        assert str(catalog.get(f"{split}@spark")._describe()["filepath"]).startswith("/Volumes/")
+
+
+def test_databricks_tracking_and_gpu_training_parameters(databricks):
+    loader, _ = databricks
+    assert loader["mlflow"]["server"]["mlflow_tracking_uri"] == "databricks"
+    training = loader["parameters"]["two_tower"]["training"]
+    assert training["use_gpu"] is True and training["local_mode"] is False
+    assert training["checkpoint_dir"].startswith("/Volumes/")
+    # base parameters still apply where databricks does not override them
+    assert loader["parameters"]["two_tower"]["evaluation"]["ks"] == [10, 20, 100]
+    spark = loader["spark"]
+    assert spark["spark.master"] is None  # the cluster's session, not local[2]
+
+
+def test_local_environment_keeps_the_embedded_defaults():
+    loader = _loader("local")
+    assert loader["mlflow"]["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
+    assert loader["spark"]["spark.master"] == "local[2]"
+    assert loader["parameters"]["two_tower"]["training"]["local_mode"] is True
