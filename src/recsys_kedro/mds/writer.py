@@ -40,14 +40,31 @@ class MDSFolder:
             ``dbfs:/Volumes/...``, a FUSE path such as ``/Volumes/...``; a ``file://`` URI is
             stored as its plain path), or ``None`` for a purely local folder.
         local: The data itself when ``remote`` is ``None``; otherwise Mosaic's local cache.
-        num_samples: Number of samples (rows) in the merged index.
+        num_samples: Number of MDS samples in the merged index (rows in the ``row`` layout,
+            blocks of rows in the ``block`` layout).
         columns: MDS column name -> MDS encoding, e.g. ``{"user_idx": "int64"}``.
+        layout: ``"row"`` (one sample per row) or ``"block"`` (one sample per block of rows,
+            one ndarray per column; see :mod:`recsys_kedro.mds.block_format`).
+        num_rows: Number of data rows (``num_samples`` in the row layout).
+        jagged: Names of multi-valued columns (block layout: ``<name>__values`` and
+            ``<name>__lengths`` arrays).
     """
 
     remote: str | None
     local: str
     num_samples: int
     columns: dict[str, str]
+    layout: str = "row"
+    num_rows: int | None = None
+    jagged: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("row", "block"):
+            raise ValueError(f"layout must be 'row' or 'block', got {self.layout!r}")
+        if self.num_rows is None:
+            if self.layout == "block":
+                raise ValueError("a block-layout MDSFolder needs num_rows")
+            object.__setattr__(self, "num_rows", self.num_samples)
 
     @property
     def source(self) -> str:
@@ -171,6 +188,64 @@ def _count_rows_and_nulls(df: DataFrame, names: list[str]) -> tuple[int, dict[st
     return rows, nulls
 
 
+def _refuse_empty_or_nulls(path: str, rows: int, nulls: Mapping[str, int]) -> None:
+    """Raise :class:`MDSExportError` for an empty frame or for columns holding nulls."""
+    if rows == 0:
+        raise MDSExportError(
+            f"Refusing to write an empty split to {path}: the DataFrame has 0 rows; "
+            "check the split parameters (and the filters before them)."
+        )
+    with_nulls = {name: n for name, n in nulls.items() if n}
+    if with_nulls:
+        raise MDSExportError(
+            f"Column(s) {sorted(with_nulls)} hold null values ({with_nulls} of {rows} rows); "
+            "MDS cannot encode nulls: fill or filter them before the export."
+        )
+
+
+def _resolve_output(
+    path: str, local_cache: str | None
+) -> tuple[str | None, str, str | tuple[str, str]]:
+    """``(mosaic_remote, local, out)`` for writing the MDS folder ``path``.
+
+    ``out`` is what Mosaic's writers take: the local folder, or ``(local_cache, remote)`` for
+    shared storage (which therefore needs ``local_cache``).
+    """
+    if is_remote_path(path):
+        if not local_cache:
+            raise MDSExportError(
+                f"The MDS folder {path} is on shared storage: pass `local_cache`, a local "
+                "folder (e.g. /local_disk0/mds_cache/<name>) through which it is written."
+            )
+        mosaic_remote = to_mosaic_uri(path)
+        local = os.path.abspath(local_cache)
+        if os.path.abspath(mosaic_remote) == local and "://" not in mosaic_remote:
+            raise MDSExportError(
+                f"`local_cache` ({local_cache}) must differ from the MDS folder ({path})."
+            )
+        return mosaic_remote, local, (local, mosaic_remote)
+    local = os.path.abspath(path)
+    return None, local, local
+
+
+def _clear_output(path: str, local: str, *, overwrite: bool) -> None:
+    """Remove a previous export at ``path`` (or refuse to, without ``overwrite``) and empty
+    the local cache ``local`` of a remote ``path``."""
+    if _is_non_empty(path):
+        if not overwrite:
+            raise MDSExportError(
+                f"The MDS folder {path} already exists. Remove it, or set overwrite=True "
+                "(the dataset's `overwrite: true`) to replace it."
+            )
+        logger.info("Removing the previous MDS export at %s", path)
+        _remove(path)
+    if is_remote_path(path) and os.path.exists(local):
+        # A cache of the previous export: Mosaic refuses a non-empty local folder, and stale
+        # shards there would be read instead of the new ones.
+        logger.info("Emptying the MDS local cache %s", local)
+        shutil.rmtree(local)
+
+
 def write_mds(
     df: DataFrame,
     *,
@@ -213,55 +288,16 @@ def write_mds(
         raise MDSExportError("write_mds needs at least one column in `columns`")
     started = time.perf_counter()
 
-    remote = is_remote_path(path)
-    if remote:
-        if not local_cache:
-            raise MDSExportError(
-                f"The MDS folder {path} is on shared storage: pass `local_cache`, a local "
-                "folder (e.g. /local_disk0/mds_cache/<name>) through which it is written."
-            )
-        mosaic_remote = to_mosaic_uri(path)
-        local = os.path.abspath(local_cache)
-        if os.path.abspath(mosaic_remote) == local and "://" not in mosaic_remote:
-            raise MDSExportError(
-                f"`local_cache` ({local_cache}) must differ from the MDS folder ({path})."
-            )
-        out: str | tuple[str, str] = (local, mosaic_remote)
-    else:
-        mosaic_remote = None
-        local = os.path.abspath(path)
-        out = local
+    mosaic_remote, local, out = _resolve_output(path, local_cache)
 
     # Everything that can be checked before writing is checked before touching the output.
     _check_columns(df, columns)
     selected = df.select(*[df[name] for name in columns])
     _check_types(selected, columns)
     rows, nulls = _count_rows_and_nulls(selected, list(columns))
-    if rows == 0:
-        raise MDSExportError(
-            f"Refusing to write an empty split to {path}: the DataFrame has 0 rows; "
-            "check the split parameters (and the filters before them)."
-        )
-    with_nulls = {name: n for name, n in nulls.items() if n}
-    if with_nulls:
-        raise MDSExportError(
-            f"Column(s) {sorted(with_nulls)} hold null values ({with_nulls} of {rows} rows); "
-            "MDS cannot encode nulls: fill or filter them before the export."
-        )
+    _refuse_empty_or_nulls(path, rows, nulls)
 
-    if _is_non_empty(path):
-        if not overwrite:
-            raise MDSExportError(
-                f"The MDS folder {path} already exists. Remove it, or set overwrite=True "
-                "(the dataset's `overwrite: true`) to replace it."
-            )
-        logger.info("Removing the previous MDS export at %s", path)
-        _remove(path)
-    if remote and os.path.exists(local):
-        # A cache of the previous export: Mosaic refuses a non-empty local folder, and stale
-        # shards there would be read instead of the new ones.
-        logger.info("Emptying the MDS local cache %s", local)
-        shutil.rmtree(local)
+    _clear_output(path, local, overwrite=overwrite)
 
     if num_partitions is not None:
         selected = selected.repartition(num_partitions)

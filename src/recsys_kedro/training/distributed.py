@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -123,3 +124,28 @@ def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def lockstep(batches: Iterable[T], ctx: DistContext, *, until: str) -> Iterator[T | None]:
+    """Iterate a rank's batches in step with the other ranks.
+
+    Sharded embeddings make every forward/backward a collective, so all ranks must run the
+    same number of steps, but a rank's share of a split need not split into as many batches
+    as another's. Each step all ranks agree (one tiny all-reduce) on who still has a batch:
+
+    * ``until="any_done"`` (training): stop as soon as one rank runs out; the others' last
+      few rows of the epoch are skipped (they are reshuffled into the next epoch).
+    * ``until="all_done"`` (evaluation): go on until every rank is out; a rank that is out
+      gets ``None`` and must run a dummy step whose outputs it discards, so no row is lost.
+    """
+    if until not in ("any_done", "all_done"):
+        raise ValueError(f"until must be 'any_done' or 'all_done', got {until!r}")
+    op = dist.ReduceOp.MIN if until == "any_done" else dist.ReduceOp.MAX
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        flag = torch.tensor([0 if batch is None else 1], dtype=torch.int32, device=ctx.device)
+        dist.all_reduce(flag, op=op)
+        if int(flag.item()) == 0:
+            return
+        yield batch

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from recsys_kedro.mds import MDSFolder
@@ -39,6 +39,7 @@ from recsys_kedro.training.distributed import (
     destroy_distributed,
     gather_full_state_dict,
     init_distributed,
+    lockstep,
     seed_everything,
 )
 
@@ -94,30 +95,44 @@ def _collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-def _to_batch(columns: dict[str, torch.Tensor], device: torch.device) -> TwoTowerBatch:
+def to_batch(columns: dict[str, torch.Tensor], device: torch.device) -> TwoTowerBatch:
     batch = make_batch(columns[USER_COLUMN], columns[ITEM_COLUMN], columns[LABEL_COLUMN])
     return batch.to(device, non_blocking=True)
 
 
 def _loader(
     folder: MDSFolder, config: TwoTowerTrainConfig, *, batch_size: int, shuffle: bool, split: str
-) -> DataLoader:
+) -> Iterable[dict[str, torch.Tensor]]:
+    """Column batches of one split for this rank: training drops the last partial batch,
+    evaluation keeps every row. Block-layout folders are batched with array ops; row-layout
+    folders (one MDS sample per row) go through Mosaic's loader and a per-row collate."""
+    cache = f"{config.cache_dir}/{split}" if config.cache_dir else None
+    if folder.layout == "block":
+        from recsys_kedro.mds.block_loader import BlockBatchLoader
+
+        return BlockBatchLoader(
+            folder,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=config.seed,
+            drop_last=shuffle,
+            local_cache_dir=cache,
+            columns=[USER_COLUMN, ITEM_COLUMN, LABEL_COLUMN],
+        )
     from streaming import StreamingDataLoader
 
     from recsys_kedro.mds import make_streaming_dataset
 
-    cache = f"{config.cache_dir}/{split}" if config.cache_dir else None
     dataset = make_streaming_dataset(
         folder, batch_size=batch_size, shuffle=shuffle, seed=config.seed, local_cache_dir=cache
     )
-    # drop_last on train: every rank must run the same number of equal-size steps (the
-    # sharded embedding all-to-all is a collective). Evaluation keeps every row.
     return StreamingDataLoader(
         dataset, batch_size=batch_size, collate_fn=_collate, drop_last=shuffle, num_workers=0
     )
 
 
-def _build_model(config: TwoTowerTrainConfig, ctx: DistContext):
+def build_sharded_model(config: TwoTowerTrainConfig, ctx: DistContext):
+    """The DMP-wrapped train task, its combined optimizer and the sharding plan (collective)."""
     import torch.distributed as dist
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner
@@ -173,7 +188,23 @@ def describe_plan(plan) -> dict[str, str]:
     return out
 
 
-def _evaluate(model, loader: DataLoader, ctx: DistContext) -> dict[str, float]:
+def train_step(model, optimizer, batch: TwoTowerBatch) -> torch.Tensor:
+    """One optimisation step; returns the detached loss. (Fused embedding updates happen in
+    the backward pass; ``optimizer.step`` updates the dense towers.)"""
+    optimizer.zero_grad()
+    loss, _ = model(batch)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _dummy_batch(device: torch.device) -> TwoTowerBatch:
+    """One row (user 0, item 0): keeps a rank in step after its share of a split is done."""
+    zeros = torch.zeros(1, dtype=torch.int64)
+    return make_batch(zeros, zeros, zeros.float()).to(device)
+
+
+def _evaluate(model, loader: Iterable, ctx: DistContext) -> dict[str, float]:
     """Loss (mean over rows, all ranks) and AUC of the pointwise scores on one split."""
     from recsys_kedro.evaluation.retrieval import auc
 
@@ -181,8 +212,11 @@ def _evaluate(model, loader: DataLoader, ctx: DistContext) -> dict[str, float]:
     loss_sum, rows = 0.0, 0
     logits_parts, label_parts = [], []
     with torch.no_grad():
-        for columns in loader:
-            batch = _to_batch(columns, ctx.device)
+        for columns in lockstep(loader, ctx, until="all_done"):
+            if columns is None:  # this rank is done; the others still need its collectives
+                model(_dummy_batch(ctx.device))
+                continue
+            batch = to_batch(columns, ctx.device)
             loss, (_, logits, labels) = model(batch)
             loss_sum += float(loss) * batch.batch_size  # per-batch mean -> sum over rows
             rows += batch.batch_size
@@ -211,7 +245,7 @@ def train(config: TwoTowerTrainConfig) -> dict[str, Any]:
     ctx = init_distributed(config.use_gpu)
     try:
         seed_everything(config.seed)
-        model, optimizer, plan = _build_model(config, ctx)
+        model, optimizer, plan = build_sharded_model(config, ctx)
         train_loader = _loader(
             config.train, config, batch_size=config.batch_size, shuffle=True, split="train"
         )
@@ -233,8 +267,8 @@ def train(config: TwoTowerTrainConfig) -> dict[str, Any]:
             model.train()
             loss_sum, rows = 0.0, 0
             bar = tqdm(
-                train_loader,
-                total=len(train_loader),
+                lockstep(train_loader, ctx, until="any_done"),
+                total=len(train_loader) if hasattr(train_loader, "__len__") else None,
                 desc=f"epoch {epoch}/{config.epochs}",
                 disable=not (ctx.is_main and config.progress),
                 leave=False,
@@ -242,12 +276,9 @@ def train(config: TwoTowerTrainConfig) -> dict[str, Any]:
             )
             start = time.perf_counter()
             for columns in bar:
-                batch = _to_batch(columns, ctx.device)
-                optimizer.zero_grad()
-                loss, _ = model(batch)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * batch.batch_size
+                batch = to_batch(columns, ctx.device)
+                loss = train_step(model, optimizer, batch)
+                loss_sum += float(loss) * batch.batch_size
                 rows += batch.batch_size
                 if ctx.is_main and config.progress:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")

@@ -1,0 +1,49 @@
+"""Learning-from-Sets `item_ratings.csv` through ingestion and features by configuration only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "ratings" / "item_ratings.csv"
+
+LOCAL_CATALOG = f"""
+raw_ratings:
+  type: recsys_kedro.datasets.ratings_dataset.RatingsDataset
+  filepath: {FIXTURE}
+  format: lfs_item_ratings
+  rating_range: [0.5, 5.0]
+"""
+
+
+def test_lfs_item_ratings_by_a_catalog_override(tmp_path, spark, monkeypatch):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(
+        PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local")
+    )
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "conf" / "local" / "catalog.yml").write_text(LOCAL_CATALOG)
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    bootstrap_project(tmp_path)
+    split = {"test_size": 1, "validation_size": 1, "min_train_interactions": 1}
+    params = {"two_tower": {"features": {"split": split}}}
+    with KedroSession.create(project_path=tmp_path, runtime_params=params) as session:
+        session.run(pipeline_name="two_tower", to_nodes=["features.summarise_splits"])
+
+    raw = pd.read_csv(FIXTURE)
+    stats = json.loads((tmp_path / "data/08_reporting/two_tower_split_statistics.json").read_text())
+    assert stats["n_users"] == raw["userId"].nunique()
+    assert stats["n_items"] == raw["movieId"].nunique()
+    total = sum(stats[s]["interactions"] for s in ("train", "validation", "test"))
+    assert total == len(raw.drop_duplicates(["userId", "movieId"]))
+    assert stats["test"]["interactions"] == raw["userId"].nunique()  # one latest rating per user
+    index = pd.read_parquet(tmp_path / "data/03_primary/user_index")
+    assert set(index["user_id"]) == set(raw["userId"])  # hashed ids translate back

@@ -1,0 +1,45 @@
+"""launch(): TorchDistributor in local mode, 2 gloo processes (needs the Spark session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_kedro.training.launch import launch, resolve_use_gpu
+
+
+def test_launch_returns_the_agreed_result_of_all_ranks(spark):
+    def world(scale):  # pickled by value by cloudpickle, run in each rank
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        t = torch.tensor([float(dist.get_rank() + 1)])
+        dist.all_reduce(t)
+        size = dist.get_world_size()
+        dist.destroy_process_group()
+        return {"sum": float(t) * scale, "world_size": size}
+
+    assert launch(world, 10, num_processes=2, local_mode=True, use_gpu=False) == {
+        "sum": 30.0,
+        "world_size": 2,
+    }
+
+
+def test_a_crashed_rank_fails_the_launch_with_a_clear_message(spark):
+    def crash():
+        import os
+
+        if os.environ["RANK"] == "1":
+            raise ValueError("boom on rank 1")
+        return 0
+
+    with pytest.raises(RuntimeError, match="One rank crashed"):
+        launch(crash, num_processes=2, local_mode=True, use_gpu=False)
+
+
+def test_launch_and_gpu_resolution_validate_their_arguments():
+    with pytest.raises(ValueError, match="num_processes"):
+        launch(print, num_processes=0)
+    assert resolve_use_gpu(False) is False
+    assert resolve_use_gpu(True) is True
+    assert isinstance(resolve_use_gpu(None), bool)
