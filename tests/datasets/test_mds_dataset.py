@@ -117,3 +117,119 @@ def test_export_errors_become_dataset_errors(spark, tmp_path):
     dataset = MDSDataset(filepath=str(tmp_path / "mds"), columns={**COLUMNS, "score": "float32"})
     with pytest.raises(DatasetError, match="score"):
         dataset.save(make_frame(spark, 5))
+
+
+# --- block layout ---------------------------------------------------------------------------
+
+BLOCK_COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32"}
+
+
+def make_block_frame(spark, n: int):
+    rows = [(i, 3 * i, i % 2, [i % 5] * (i % 3)) for i in range(n)]
+    return spark.createDataFrame(
+        rows, "user_idx long, item_idx long, label int, genres array<int>"
+    ).repartition(2)
+
+
+def test_block_layout_save_load(spark, tmp_path, monkeypatch):
+    from recsys_kedro.datasets import mds_dataset as mds_dataset_module
+    from recsys_kedro.mds.block_format import block_mds_columns
+
+    path = str(tmp_path / "mds" / "blocks")
+    catalog = DataCatalog.from_config(
+        {
+            "model_input.train_blocks": {
+                "type": "recsys_kedro.datasets.mds_dataset.MDSDataset",
+                "filepath": path,
+                "layout": "block",
+                "block_rows": 8,
+                "columns": BLOCK_COLUMNS,
+                "jagged": {"genres": "int32"},
+            }
+        }
+    )
+    catalog.save("model_input.train_blocks", make_block_frame(spark, 50))
+
+    # The row count comes from the sidecar: no shard is read on load.
+    monkeypatch.setattr(mds_dataset_module, "count_block_rows", lambda path: -1)
+    folder = catalog.load("model_input.train_blocks")
+    assert folder.layout == "block"
+    assert folder.num_rows == 50
+    assert folder.jagged == ("genres",)
+    assert folder.columns == block_mds_columns(BLOCK_COLUMNS, {"genres": "int32"})
+    assert (folder.remote, folder.local) == (None, path)
+    arrays = read_mds_columns(folder)
+    assert folder.num_samples == len(arrays["_n_rows"]) >= 7  # 2 partitions of 25 rows
+    assert max(arrays["_n_rows"]) == 8
+    users = sorted(u for block in arrays["user_idx"] for u in block.tolist())
+    assert users == list(range(50))
+    index_files = os.listdir(path)
+    assert "index.json" in index_files and "recsys_kedro.json" in index_files
+    # Not compressed by default in the block layout.
+    assert not [f for _, _, files in os.walk(path) for f in files if f.endswith(".zstd")]
+
+    # Without the sidecar, load counts the rows from the shards.
+    monkeypatch.undo()
+    os.remove(os.path.join(path, "recsys_kedro.json"))
+    assert catalog.load("model_input.train_blocks").num_rows == 50
+
+
+def test_layouts_do_not_load_each_other(spark, tmp_path):
+    row_path, block_path = str(tmp_path / "rows"), str(tmp_path / "blocks")
+    MDSDataset(filepath=row_path, columns=BLOCK_COLUMNS).save(make_block_frame(spark, 10))
+    block = MDSDataset(filepath=block_path, columns=BLOCK_COLUMNS, layout="block", block_rows=4)
+    block.save(make_block_frame(spark, 10))
+
+    row_folder = MDSDataset(filepath=row_path, columns=BLOCK_COLUMNS).load()
+    assert (row_folder.layout, row_folder.num_rows, row_folder.jagged) == ("row", 10, ())
+    assert row_folder.num_samples == 10
+    with pytest.raises(DatasetError, match="export pipeline again"):
+        MDSDataset(filepath=row_path, columns=BLOCK_COLUMNS, layout="block").load()
+    with pytest.raises(DatasetError, match="export pipeline again"):
+        MDSDataset(filepath=block_path, columns=BLOCK_COLUMNS).load()
+    assert block.load().num_rows == 10
+
+
+def test_block_layout_export_errors_become_dataset_errors(spark, tmp_path):
+    dataset = MDSDataset(
+        filepath=str(tmp_path / "mds"),
+        columns=BLOCK_COLUMNS,
+        layout="block",
+        jagged={"genres": "int64"},  # array<int> in Spark
+    )
+    with pytest.raises(DatasetError, match="genres"):
+        dataset.save(make_block_frame(spark, 5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layout": "blocks"}, "layout"),
+        ({"jagged": {"genres": "int32"}}, "layout: block"),
+        ({"layout": "block", "block_rows": 0}, "block_rows"),
+        ({"layout": "block", "columns": {"user_idx": "ndarray:int64"}}, "ndarray:int64"),
+        ({"layout": "block", "columns": {"_block_id": "int64"}}, "reserved"),
+    ],
+)
+def test_block_layout_bad_configuration(kwargs, match, tmp_path):
+    with pytest.raises(DatasetError, match=match):
+        MDSDataset(**{"filepath": str(tmp_path), "columns": BLOCK_COLUMNS, **kwargs})
+
+
+def test_describe_and_compression_defaults():
+    row = MDSDataset(filepath="data/rows", columns=COLUMNS)
+    block = MDSDataset(
+        filepath="data/blocks", columns=BLOCK_COLUMNS, layout="block", jagged={"g": "int32"}
+    )
+    assert row._describe()["compression"] == "zstd"
+    assert row._describe()["layout"] == "row"
+    described = block._describe()
+    assert described["compression"] is None
+    assert (described["layout"], described["block_rows"]) == ("block", 4096)
+    assert described["jagged"] == {"g": "int32"}
+    explicit = MDSDataset(filepath="d", columns=BLOCK_COLUMNS, layout="block", compression="zstd")
+    assert explicit._describe()["compression"] == "zstd"
+    assert (
+        MDSDataset(filepath="d", columns=COLUMNS, compression=None)._describe()["compression"]
+        is None
+    )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import PROJECT_ROOT, make_project, run_project
+
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "ratings" / "item_ratings.csv"
 
 LOCAL_CATALOG = f"""
@@ -20,23 +19,11 @@ raw_ratings:
 """
 
 
-def test_lfs_item_ratings_by_a_catalog_override(tmp_path, spark, monkeypatch):
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    shutil.copytree(
-        PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local")
-    )
-    (tmp_path / "conf" / "local").mkdir()
-    (tmp_path / "conf" / "local" / "catalog.yml").write_text(LOCAL_CATALOG)
-    (tmp_path / "src").mkdir()
-    monkeypatch.chdir(tmp_path)
-    bootstrap_project(tmp_path)
+def test_lfs_item_ratings_by_a_catalog_override(tmp_path, spark):
+    make_project(tmp_path, local_catalog=LOCAL_CATALOG)
     split = {"test_size": 1, "validation_size": 1, "min_train_interactions": 1}
     params = {"two_tower": {"features": {"split": split}}}
-    with KedroSession.create(project_path=tmp_path, runtime_params=params) as session:
-        session.run(pipeline_name="two_tower", to_nodes=["features.summarise_splits"])
+    run_project(tmp_path, params, pipeline_name="two_tower", to_nodes=["features.summarise_splits"])
 
     raw = pd.read_csv(FIXTURE)
     stats = json.loads((tmp_path / "data/08_reporting/two_tower_split_statistics.json").read_text())

@@ -7,16 +7,16 @@ TorchDistributor with 2 gloo processes, TorchRec sharding, kedro-mlflow on a SQL
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_kedro.mds import count_mds_samples
+from recsys_kedro.mds import count_block_rows, read_block_metadata
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import make_project, run_project
+
 N_USERS, N_ITEMS = 60, 45
 
 
@@ -45,11 +45,7 @@ def _write_fixture_inter(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()
+    root = make_project(tmp_path_factory.mktemp("project"))
     n_pairs = _write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
     return root, n_pairs
 
@@ -57,9 +53,6 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_run(project, spark):
     """Run ``two_tower`` once for all the checks of this module."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     root, n_pairs = project
     runtime_params = {
         "two_tower": {
@@ -76,14 +69,7 @@ def pipeline_run(project, spark):
             "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
         }
     }
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        bootstrap_project(root)
-        with KedroSession.create(project_path=root, runtime_params=runtime_params) as session:
-            session.run(pipeline_name="two_tower")
-    finally:
-        mp.undo()
+    run_project(root, runtime_params, pipeline_name="two_tower")
     return root, n_pairs
 
 
@@ -109,8 +95,9 @@ def test_row_counts_agree_from_raw_to_mds(pipeline_run):
     assert total == n_pairs  # deduplicated, nothing lost between ingestion and the split
     assert stats["n_users"] == N_USERS
     for split in ("train", "validation", "test"):
-        mds = root / "data/05_model_input/mds" / split
-        assert count_mds_samples(str(mds)) == stats[split]["interactions"]
+        mds = str(root / "data/05_model_input/mds" / split)
+        assert read_block_metadata(mds)["layout"] == "block"  # the default training input
+        assert count_block_rows(mds) == stats[split]["interactions"]
     assert stats["test"]["interactions"] == 4 * N_USERS
     assert stats["validation"]["interactions"] == 2 * N_USERS
 

@@ -1,5 +1,12 @@
-"""Spark DataFrame -> Mosaic MDS folders, and reading them back (framework code, no Kedro)."""
+"""Spark DataFrame -> Mosaic MDS folders (row or block layout), and reading them back (no Kedro)."""
 
+from recsys_kedro.mds.block_writer import (
+    block_row_counts,
+    count_block_rows,
+    read_block_metadata,
+    to_blocks,
+    write_mds_blocks,
+)
 from recsys_kedro.mds.reader import MDSCacheError, make_streaming_dataset, read_mds_columns
 from recsys_kedro.mds.writer import (
     MDSExportError,
@@ -18,12 +25,17 @@ __all__ = [
     "MDSCacheError",
     "MDSExportError",
     "MDSFolder",
+    "block_row_counts",
+    "count_block_rows",
     "count_mds_samples",
     "is_remote_path",
     "make_streaming_dataset",
     "mds_index_columns",
+    "read_block_metadata",
     "read_mds_columns",
     "read_mds_folder",
+    "to_blocks",
     "to_mosaic_uri",
     "write_mds",
+    "write_mds_blocks",
 ]

@@ -72,6 +72,7 @@ def make_streaming_dataset(
     shuffle: bool,
     seed: int,
     local_cache_dir: str | None = None,
+    dataset_cls: type[StreamingDataset] | None = None,
     **kwargs: Any,
 ) -> StreamingDataset:
     """A Mosaic ``StreamingDataset`` over ``folder``.
@@ -90,6 +91,8 @@ def make_streaming_dataset(
         shuffle: Whether to shuffle samples.
         seed: Shuffle seed (``shuffle_seed``).
         local_cache_dir: Local directory for this dataset's cache (see above).
+        dataset_cls: A ``StreamingDataset`` subclass to build instead (e.g.
+            :class:`recsys_kedro.mds.block_loader.BlockStreamingDataset`).
         **kwargs: Passed to ``StreamingDataset`` (``predownload``, ``num_canonical_nodes``,
             ``shuffle_algo``, ``shuffle_block_size``, ...).
     """
@@ -106,7 +109,7 @@ def make_streaming_dataset(
         remote, local = folder.remote, local_cache_dir or folder.local
     if remote is not None:
         _check_cache_matches(remote, local)
-    return StreamingDataset(
+    return (dataset_cls or StreamingDataset)(
         remote=remote,
         local=local,
         batch_size=batch_size,

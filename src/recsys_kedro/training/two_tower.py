@@ -73,6 +73,7 @@ class TwoTowerTrainConfig:
     use_gpu: bool = False
     cache_dir: str | None = None
     progress: bool = True
+    drop_last: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -103,9 +104,11 @@ def to_batch(columns: dict[str, torch.Tensor], device: torch.device) -> TwoTower
 def _loader(
     folder: MDSFolder, config: TwoTowerTrainConfig, *, batch_size: int, shuffle: bool, split: str
 ) -> Iterable[dict[str, torch.Tensor]]:
-    """Column batches of one split for this rank: training drops the last partial batch,
-    evaluation keeps every row. Block-layout folders are batched with array ops; row-layout
-    folders (one MDS sample per row) go through Mosaic's loader and a per-row collate."""
+    """Column batches of one split for this rank. Training drops the rank's last partial
+    batch of an epoch if ``config.drop_last``; evaluation keeps every row. Block-layout
+    folders are batched with array ops; row-layout folders (one MDS sample per row) go
+    through Mosaic's loader and a per-row collate."""
+    drop_last = shuffle and config.drop_last
     cache = f"{config.cache_dir}/{split}" if config.cache_dir else None
     if folder.layout == "block":
         from recsys_kedro.mds.block_loader import BlockBatchLoader
@@ -115,7 +118,7 @@ def _loader(
             batch_size=batch_size,
             shuffle=shuffle,
             seed=config.seed,
-            drop_last=shuffle,
+            drop_last=drop_last,
             local_cache_dir=cache,
             columns=[USER_COLUMN, ITEM_COLUMN, LABEL_COLUMN],
         )
@@ -127,7 +130,7 @@ def _loader(
         folder, batch_size=batch_size, shuffle=shuffle, seed=config.seed, local_cache_dir=cache
     )
     return StreamingDataLoader(
-        dataset, batch_size=batch_size, collate_fn=_collate, drop_last=shuffle, num_workers=0
+        dataset, batch_size=batch_size, collate_fn=_collate, drop_last=drop_last, num_workers=0
     )
 
 

@@ -74,6 +74,7 @@ def train_two_tower(
         use_gpu=use_gpu,
         cache_dir=params.get("cache_dir"),
         progress=bool(params.get("progress", True)),
+        drop_last=bool(params.get("drop_last", True)),
     )
     result = launch(
         train,
