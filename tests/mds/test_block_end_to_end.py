@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from streaming.base.util import clean_stale_shared_memory
 
 from recsys_kedro.mds import write_mds_blocks
 
@@ -42,7 +41,6 @@ def _read_two_epochs(args):
 
 
 def test_spark_rows_read_exactly_once_over_two_ranks(spark, tmp_path):
-    clean_stale_shared_memory()
     rng = np.random.default_rng(0)
     rows = [(int(u), int(i), int(u + i) % 2) for u, i in rng.integers(0, 50, (301, 2))]
     df = spark.createDataFrame(rows, "user_idx long, item_idx long, label int").repartition(3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from streaming import MDSWriter
-from streaming.base.util import clean_stale_shared_memory
 
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.mds.block_format import block_mds_columns
@@ -23,14 +21,6 @@ SCALARS = {"row_id": "int64", "user": "int64", "item": "int32", "label": "float3
 JAGGED = {"history": "int64"}
 # 9 blocks (odd: Mosaic pads a 2-rank partition), full ones and partial ones.
 BLOCK_SIZES = (40, 40, 17, 40, 5, 40, 40, 23, 1)
-
-
-@pytest.fixture(autouse=True)
-def _clean_shared_memory():
-    gc.collect()  # drop StreamingDatasets of earlier tests (they hold shared memory)
-    clean_stale_shared_memory()
-    yield
-    gc.collect()
 
 
 def write_blocks(

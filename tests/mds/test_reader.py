@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 from streaming import MDSWriter
-from streaming.base.util import clean_stale_shared_memory
 
 from recsys_kedro.mds import (
     MDSCacheError,
@@ -18,14 +15,6 @@ from recsys_kedro.mds import (
 )
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
-
-
-@pytest.fixture(autouse=True)
-def _clean_shared_memory():
-    gc.collect()  # drop StreamingDatasets of earlier tests (they hold shared memory)
-    clean_stale_shared_memory()
-    yield
-    gc.collect()
 
 
 def write_folder(path, n: int, *, offset: int = 0, compression="zstd") -> MDSFolder:
