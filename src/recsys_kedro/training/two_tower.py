@@ -280,11 +280,11 @@ def train(config: TwoTowerTrainConfig) -> dict[str, Any]:
             start = time.perf_counter()
             for columns in bar:
                 batch = to_batch(columns, ctx.device)
-                loss = train_step(model, optimizer, batch)
-                loss_sum += float(loss) * batch.batch_size
+                loss = float(train_step(model, optimizer, batch))
+                loss_sum += loss * batch.batch_size
                 rows += batch.batch_size
                 if ctx.is_main and config.progress:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}")
             seconds = time.perf_counter() - start
             g_loss, g_rows, g_seconds = all_reduce_sum([loss_sum, float(rows), seconds], ctx.device)
             epoch_seconds = g_seconds / ctx.world_size  # ranks run in lock-step
