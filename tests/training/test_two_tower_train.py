@@ -1,4 +1,4 @@
-"""The distributed training function on 2 gloo processes (CPU), without Spark."""
+"""The shared trainer with the two-tower spec on 2 gloo processes (CPU), without Spark."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ from streaming import MDSWriter
 
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.two_tower import TwoTowerConfig, load_two_tower
-from recsys_kedro.training.two_tower import TwoTowerTrainConfig, train
+from recsys_kedro.training.trainer import TrainConfig, fit
+from recsys_kedro.training.two_tower import TwoTowerSpec
 
 from .spawn import run_on_ranks
 
 N_USERS, N_ITEMS = 48, 36
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32"}
+
+
+def train(args):
+    """What each rank runs (module level: the 'spawn' start method pickles it by name)."""
+    spec, config = args
+    return fit(spec, config)
 
 
 def _write(path, rows):
@@ -41,29 +48,33 @@ def mds_folders(tmp_path_factory):
     )
 
 
-def _config(folders, tmp_path, **overrides):
+def _config(folders, tmp_path, loss="softmax", temperature=0.1, **overrides):
+    """(spec, train config) of a small run."""
     train_folder, val_folder = folders
     counts = np.bincount(
         [i for i in range(N_ITEMS) for _ in range(1 + i % 5)], minlength=N_ITEMS
     ).tolist()
+    spec = TwoTowerSpec(
+        model=TwoTowerConfig(N_USERS, N_ITEMS, embedding_dim=16, layer_sizes=(32, 16)),
+        loss=loss,
+        temperature=temperature,
+        item_counts=tuple(counts),
+    )
     kwargs = dict(
         train=train_folder,
         validation=val_folder,
-        model=TwoTowerConfig(N_USERS, N_ITEMS, embedding_dim=16, layer_sizes=(32, 16)),
         checkpoint_path=str(tmp_path / "ckpt" / "model.pt"),
-        item_counts=tuple(counts),
         epochs=3,
         batch_size=64,
         eval_batch_size=128,
         embedding_lr=0.1,
         dense_lr=5e-3,
-        temperature=0.1,
         seed=7,
         cache_dir=str(tmp_path / "cache"),
         progress=False,
     )
     kwargs.update(overrides)
-    return TwoTowerTrainConfig(**kwargs)
+    return spec, TrainConfig(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +88,8 @@ def test_every_rank_returns_rank0_result(two_rank_run):
     _, (r0, r1) = two_rank_run
     assert r0 == r1
     assert r0["world_size"] == 2 and r0["epochs"] == 3
+    assert r0["best_epoch"] == 3 and r0["monitor"] is None  # the two-tower keeps its last epoch
+    assert r0["train_pipeline"] == "plain" and r0["device"] == "cpu"
     assert len(r0["history"]["train_loss"]) == 3
 
 
@@ -98,7 +111,7 @@ def test_training_learns_and_reports_throughput(two_rank_run):
 
 
 def test_gathered_checkpoint_is_complete_and_loadable(two_rank_run):
-    config, (r0, _) = two_rank_run
+    _, (r0, _) = two_rank_run
     model = load_two_tower(r0["checkpoint_path"])  # strict load: every key present
     emb = model.ebc.embedding_bags["t_user"].weight
     assert emb.shape == (N_USERS, 16)
@@ -111,7 +124,7 @@ def test_gathered_checkpoint_is_complete_and_loadable(two_rank_run):
 
 
 def test_same_seed_gives_the_same_metrics(two_rank_run, mds_folders, tmp_path):
-    config, (first, _) = two_rank_run
+    _, (first, _) = two_rank_run
     again = run_on_ranks(
         train, _config(mds_folders, tmp_path), world_size=2, out_dir=tmp_path / "o"
     )

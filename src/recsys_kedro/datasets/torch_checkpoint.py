@@ -1,4 +1,4 @@
-"""A Kedro dataset for ``torch.save`` checkpoints (any picklable dict of tensors)."""
+"""A Kedro dataset for the project's model checkpoints (:mod:`recsys_kedro.models.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import fsspec
 import torch
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
+from recsys_kedro.models.checkpoint import CheckpointError, read_checkpoint
+
 
 class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Saves and loads a checkpoint dictionary with ``torch.save``/``torch.load`` via fsspec.
+    """Saves and loads a model checkpoint (``{"format", "config", "state_dict"}``) via fsspec.
+
+    Loading reads tensors and plain values only (``weights_only=True``): a file that carries
+    anything else is refused instead of being unpickled.
 
     Example catalog entry:
 
@@ -33,16 +38,18 @@ class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     def load(self) -> dict[str, Any]:
         if not self._exists():
             raise DatasetError(
-                f"no checkpoint at {self._full}: run the training stage first "
-                "(`kedro run --pipeline=two_tower`)"
+                f"no checkpoint at {self._full}: run the pipeline's training stage first"
             )
         with self._fs.open(str(self._filepath), "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=False)
+            try:
+                return read_checkpoint(f)
+            except CheckpointError as exc:
+                raise DatasetError(f"{self._full}: {exc}") from exc
 
     def save(self, data: dict[str, Any]) -> None:
         self._fs.makedirs(str(self._filepath.parent), exist_ok=True)
         with self._fs.open(str(self._filepath), "wb") as f:
-            torch.save(data, f)
+            torch.save(dict(data), f)
 
     def _exists(self) -> bool:
         return self._fs.exists(str(self._filepath))

@@ -69,7 +69,13 @@ def _split_key(key: str) -> tuple[str, str]:
     return key, key
 
 
-def training_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
+def training_curves_figure(
+    history: Mapping[str, Sequence[float]],
+    *,
+    best_epoch: int | None = None,
+    references: Mapping[str, tuple[str, float]] | None = None,
+    title: str = "Training curves",
+) -> Figure:
     """One panel per base metric, one line per split, against the 1-based epoch.
 
     ``history`` maps names such as ``train_loss``, ``val_loss``, ``val_auc`` to per-epoch
@@ -77,6 +83,10 @@ def training_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
     ``train_loss`` and ``val_loss`` share a "loss" panel while ``val_auc`` gets its own;
     other names (e.g. ``lr``) get a panel each. Panels follow the order of first appearance;
     series may have different lengths (each is plotted over its own epochs).
+
+    ``best_epoch`` draws a vertical line at the epoch that was kept; ``references`` maps a
+    panel (base metric, e.g. ``"auc"``) to a labelled horizontal line (e.g. the AUC of the
+    true probabilities: ``{"auc": ("oracle", 0.81)}``).
     """
     panels: dict[str, list[tuple[str, list[float]]]] = {}
     for key, values in history.items():
@@ -91,11 +101,16 @@ def training_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
         for split, values in series:
             epochs = list(range(1, len(values) + 1))
             ax.plot(epochs, values, marker="o", label=split)
+        if references and metric in references:
+            name, value = references[metric]
+            ax.axhline(float(value), color="black", linestyle="--", label=name)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(metric)
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
-    fig.suptitle("Training curves")
+    fig.suptitle(title)
     return fig

@@ -1,7 +1,7 @@
 """A TorchRec two-tower retrieval model, its training task and its checkpoint format.
 
 Modules follow TorchRec's layout: :class:`TwoTower` only encodes (one job per module),
-:class:`TwoTowerTrainTask` owns the loss. Both take a typed :class:`TwoTowerBatch`.
+:class:`TwoTowerTrainTask` owns the loss and takes TorchRec's typed ``Batch``.
 Nothing here knows about Kedro, Spark or distributed launch.
 """
 
@@ -12,16 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_kedro.models.batch import Batch, BatchLayout
+from recsys_kedro.models.checkpoint import check_format, load_checkpoint
+from recsys_kedro.models.checkpoint import make_checkpoint as _make_checkpoint
+
 USER_FEATURE = "user_idx"
 ITEM_FEATURE = "item_idx"
 LOSSES = ("softmax", "bce")
+CHECKPOINT_FORMAT = "recsys_kedro.two_tower/v1"
+#: The two-tower's batch: user and item ids, no dense features.
+BATCH_LAYOUT = BatchLayout(sparse=(USER_FEATURE, ITEM_FEATURE), label="label")
 
 
 @dataclass(frozen=True)
@@ -52,44 +58,17 @@ class TwoTowerConfig:
         return self.layer_sizes[-1]
 
 
-@dataclass
-class TwoTowerBatch:
-    """One batch of (user, item, label) rows.
+def make_batch(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> Batch:
+    """A TorchRec :class:`Batch` of ``(B,)`` user ids, item ids and labels (no dense features).
 
-    Attributes:
-        sparse_features: KJT with keys ``[user_idx, item_idx]``, one id per row and key
-            (lengths all 1), i.e. ``B`` values per key.
-        labels: ``(B,)`` float tensor, 1.0 for a positive interaction.
+    ``sparse_features`` has the keys ``[user_idx, item_idx]``, one id per row and key.
     """
-
-    sparse_features: KeyedJaggedTensor
-    labels: torch.Tensor
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> TwoTowerBatch:
-        return TwoTowerBatch(
-            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
-            labels=self.labels.to(device=device, non_blocking=non_blocking),
-        )
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def make_batch(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> TwoTowerBatch:
-    """Build a :class:`TwoTowerBatch` from ``(B,)`` id and label tensors, with tensor ops only."""
     if not (users.shape == items.shape == labels.shape) or users.dim() != 1:
         raise ValueError(
             f"users, items and labels must be 1-D of one length, got "
             f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(labels.shape)}"
         )
-    n = users.shape[0]
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=[USER_FEATURE, ITEM_FEATURE],
-        values=torch.cat([users.long(), items.long()]),
-        lengths=torch.ones(2 * n, dtype=torch.int32),
-    )
-    return TwoTowerBatch(sparse_features=kjt, labels=labels.float())
+    return BATCH_LAYOUT.to_batch({USER_FEATURE: users, ITEM_FEATURE: items, "label": labels})
 
 
 def make_embedding_bag_collection(
@@ -230,7 +209,7 @@ class TwoTowerTrainTask(nn.Module):
         self.register_buffer("item_log_q", item_log_q, persistent=False)
 
     def forward(
-        self, batch: TwoTowerBatch
+        self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         query, candidate = self.two_tower(batch.sparse_features)
         logits = (query * candidate).sum(-1) / self.temperature
@@ -285,18 +264,12 @@ def build_two_tower(config: TwoTowerConfig, device: torch.device | str | None = 
 
 def make_checkpoint(config: TwoTowerConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The saved form of a model: its config and its (full, unsharded) state dict."""
-    return {
-        "format": "recsys_kedro.two_tower/v1",
-        "config": dataclasses.asdict(config),
-        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
-    }
+    return _make_checkpoint(CHECKPOINT_FORMAT, dataclasses.asdict(config), state_dict)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> TwoTower:
     """Rebuild an eval-mode :class:`TwoTower` from :func:`make_checkpoint`'s dictionary."""
-    fmt = checkpoint.get("format")
-    if fmt != "recsys_kedro.two_tower/v1":
-        raise ValueError(f"not a recsys_kedro two-tower checkpoint (format={fmt!r})")
+    check_format(checkpoint, CHECKPOINT_FORMAT)
     model = build_two_tower(TwoTowerConfig(**checkpoint["config"]), device="cpu")
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     return model.eval()
@@ -311,6 +284,4 @@ def load_two_tower(path: str) -> TwoTower:
         model = load_two_tower("data/06_models/two_tower.pt")
         users = model.encode_users(torch.tensor([0, 1]))  # (2, D)
     """
-    with fsspec.open(path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=False)
-    return model_from_checkpoint(checkpoint)
+    return model_from_checkpoint(load_checkpoint(path))

@@ -53,7 +53,7 @@ def init_distributed(use_gpu: bool) -> DistContext:
         if not torch.cuda.is_available():
             raise RuntimeError(
                 "use_gpu is true but this process sees no CUDA device: set "
-                "training.use_gpu: false (or null to detect) in parameters_two_tower.yml"
+                "use_gpu=False (or None to detect)"
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -48,8 +48,7 @@ def _crash_message(detail: str) -> str:
     return (
         f"distributed training failed: {detail}. One rank crashed and the others were "
         "stopped; its traceback is in the log above (look for the first 'Traceback'). Nothing "
-        "was written to the model outputs; fix the cause and re-run from the training stage "
-        "(`kedro run --pipeline=two_tower --from-nodes=training.train_two_tower`)."
+        "was written to the model outputs."
     )
 
 
