@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.io.core import AbstractDataset, DatasetError
 
-from recsys_kedro.mds.block_format import block_mds_columns
+from recsys_kedro.mds.block_format import block_columns_from_mds, block_mds_columns
 from recsys_kedro.mds.block_writer import (
     DEFAULT_BLOCK_COMPRESSION,
+    block_columns_from_schema,
     count_block_rows,
     read_block_metadata,
     write_mds_blocks,
@@ -105,7 +106,7 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
         self,
         *,
         filepath: str,
-        columns: dict[str, str],
+        columns: dict[str, str] | None = None,
         local_cache: str | None = None,
         compression: Any = _DEFAULT,
         num_partitions: int | None = None,
@@ -122,7 +123,10 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
             filepath: The MDS folder: a local path, an fsspec/Mosaic URI or a ``/Volumes/...``
                 path.
             columns: Row layout: MDS column name -> MDS encoding (``int64``, ``int32``,
-                ``float32``, ...). Block layout: scalar column -> numpy dtype (same names).
+                ``float32``, ...). Block layout: scalar column -> numpy dtype (same names);
+                omitted (with ``jagged``), every column of the saved DataFrame is written as
+                its Spark type says (numbers scalar, arrays of numbers jagged), and ``load``
+                reports the columns the folder holds.
             local_cache: Local folder through which a remote ``filepath`` is written and read
                 (required for remote folders; ignored for local ones).
             compression: Shard compression; ``None`` for none. Defaults to ``"zstd"`` in the
@@ -139,8 +143,13 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
         """
         if layout not in LAYOUTS:
             raise DatasetError(f"MDSDataset `layout` must be one of {LAYOUTS}, got {layout!r}")
-        if not columns and not (layout == "block" and jagged):
-            raise DatasetError("MDSDataset needs a non-empty `columns` mapping (name: encoding)")
+        if not columns and layout == "row":
+            raise DatasetError(
+                "MDSDataset needs a non-empty `columns` mapping (name: encoding) in the row "
+                "layout; the block layout can take them from the DataFrame"
+            )
+        # Block layout without columns: the saved DataFrame's schema decides.
+        self._from_frame = layout == "block" and not columns and not jagged
         self._filepath = str(filepath)
         self._columns = {str(k): str(v) for k, v in dict(columns or {}).items()}
         self._layout = layout
@@ -148,11 +157,14 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
         self._jagged = {str(k): str(v) for k, v in dict(jagged or {}).items()}
         if layout == "row" and self._jagged:
             raise DatasetError("MDSDataset `jagged` columns need `layout: block`")
-        if layout == "block":
-            if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
-                raise DatasetError(
-                    f"MDSDataset `block_rows` must be an integer >= 1, got {block_rows!r}"
-                )
+        bad_rows = isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1
+        if layout == "block" and bad_rows:
+            raise DatasetError(
+                f"MDSDataset `block_rows` must be an integer >= 1, got {block_rows!r}"
+            )
+        if self._from_frame:
+            self._mds_columns: dict[str, str] = {}
+        elif layout == "block":
             try:
                 self._mds_columns = block_mds_columns(self._columns, self._jagged)
             except ValueError as exc:
@@ -183,9 +195,15 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
         """Write ``data`` as the MDS folder (:func:`recsys_kedro.mds.write_mds`, or
         :func:`recsys_kedro.mds.write_mds_blocks` in the block layout)."""
         local_cache = self._require_local_cache("save")
+        columns, jagged = self._columns, self._jagged
+        if self._from_frame:
+            try:
+                columns, jagged = block_columns_from_schema(data)
+            except MDSExportError as exc:
+                raise DatasetError(f"{type(self).__name__}({self._filepath}): {exc}") from exc
         common = {
             "path": self._filepath,
-            "columns": self._columns,
+            "columns": columns,
             "local_cache": local_cache,
             "compression": self._compression,
             "num_partitions": self._num_partitions,
@@ -194,7 +212,7 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
         }
         try:
             if self._layout == "block":
-                write_mds_blocks(data, jagged=self._jagged, block_rows=self._block_rows, **common)
+                write_mds_blocks(data, jagged=jagged, block_rows=self._block_rows, **common)
             else:
                 write_mds(data, **common)
         except MDSExportError as exc:
@@ -211,7 +229,16 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
                 f"No MDS folder at {self._filepath} (no index.json there): run the export "
                 "pipeline first."
             ) from exc
-        if index_columns and index_columns != self._mds_columns:
+        jagged = tuple(self._jagged)
+        if self._from_frame:
+            try:
+                jagged = tuple(block_columns_from_mds(index_columns)[1])
+            except ValueError as exc:
+                raise DatasetError(
+                    f"The MDS folder {self._filepath} is not in the block layout ({exc}): run "
+                    "the export pipeline again."
+                ) from exc
+        elif index_columns and index_columns != self._mds_columns:
             raise DatasetError(
                 f"The MDS folder {self._filepath} holds columns {index_columns}, but the "
                 f"catalog declares {self._mds_columns} ({self._layout} layout): run the export "
@@ -230,10 +257,10 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
             remote=remote,
             local=local,
             num_samples=num_samples,
-            columns=dict(self._mds_columns),
+            columns=dict(index_columns if self._from_frame else self._mds_columns),
             layout="block",
             num_rows=self._block_folder_rows(num_samples),
-            jagged=tuple(self._jagged),
+            jagged=jagged,
         )
 
     def _block_folder_rows(self, num_blocks: int) -> int:
@@ -264,7 +291,7 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
     def _describe(self) -> dict[str, Any]:
         return {
             "filepath": self._filepath,
-            "columns": self._columns,
+            "columns": self._columns or "from the DataFrame",
             "local_cache": self._local_cache,
             "compression": self._compression,
             "num_partitions": self._num_partitions,

@@ -67,3 +67,21 @@ def block_mds_columns(
     out[BLOCK_ID] = "int64"
     out[BLOCK_ROWS] = "int32"
     return out
+
+
+def block_columns_from_mds(mds_columns: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The inverse of :func:`block_mds_columns`: ``(scalar columns, jagged columns)``, each
+    name -> numpy dtype, from a block-layout folder's MDS encodings (its ``index.json``)."""
+    scalar: dict[str, str] = {}
+    jagged: dict[str, str] = {}
+    for name, encoding in mds_columns.items():
+        if name in (BLOCK_ID, BLOCK_ROWS) or name.endswith(LENGTHS_SUFFIX):
+            continue
+        if not encoding.startswith("ndarray:"):
+            raise ValueError(f"column {name!r} has encoding {encoding!r}: not a block layout")
+        dtype = encoding.split(":", 1)[1]
+        if name.endswith(VALUES_SUFFIX):
+            jagged[name[: -len(VALUES_SUFFIX)]] = dtype
+        else:
+            scalar[name] = dtype
+    return scalar, jagged

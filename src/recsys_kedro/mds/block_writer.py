@@ -146,6 +146,40 @@ def _check_block_types(df: DataFrame, columns: Mapping[str, str], jagged: Mappin
         )
 
 
+_NUMPY_OF_SPARK = {"tinyint": "int8", "smallint": "int16", "int": "int32", "bigint": "int64",
+                   "float": "float32", "double": "float64"}  # fmt: skip
+
+
+def block_columns_from_schema(df: DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """``(scalar columns, jagged columns)`` (name -> numpy dtype) of every column of ``df``,
+    as its Spark types say: numeric columns are scalar, arrays of numbers jagged.
+
+    Raises:
+        MDSExportError: for a column of another type (strings, maps, nested arrays, ...).
+    """
+    from pyspark.sql.types import ArrayType
+
+    scalar: dict[str, str] = {}
+    jagged: dict[str, str] = {}
+    problems = []
+    for field in df.schema.fields:
+        spark_type = field.dataType
+        target = jagged if isinstance(spark_type, ArrayType) else scalar
+        if isinstance(spark_type, ArrayType):
+            spark_type = spark_type.elementType
+        dtype = _NUMPY_OF_SPARK.get(spark_type.simpleString())
+        if dtype is None:
+            problems.append(f"{field.name!r} ({field.dataType.simpleString()})")
+        else:
+            target[field.name] = dtype
+    if problems:
+        raise MDSExportError(
+            "The block layout stores numeric columns and arrays of numbers only; these "
+            f"columns are neither: {', '.join(problems)}. Drop or encode them before the export."
+        )
+    return scalar, jagged
+
+
 def _block_spark_schema(columns: Mapping[str, str], jagged: Mapping[str, str]):
     from pyspark.sql import types as T
 

@@ -1,20 +1,41 @@
-"""Export nodes: shape each split for Mosaic MDS (the catalog's MDSDataset writes and checks it)."""
+"""Export nodes: shape a split for Mosaic MDS (the catalog's MDSDataset writes and checks it)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-MDS_COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
-_SPARK_TYPES = {"int64": "long", "int32": "int", "float32": "float"}
+_SPARK_TYPES = {"int64": "long", "int32": "int", "float32": "float", "float64": "double"}
 
 
-def to_mds_frame(split: DataFrame, num_partitions: int) -> DataFrame:
-    """Select and cast the training columns, one Spark partition per MDS writer task.
+def to_mds_frame(split: DataFrame, params: dict[str, Any]) -> DataFrame:
+    """Select and cast the columns to export, one Spark partition per MDS writer task.
+
+    Args:
+        split: One split (train, validation or test).
+        params: ``num_partitions`` (parallel MDS writers) and ``columns``: column -> dtype
+            (``int64``, ``int32``, ``float32``, ``float64``) to select and cast, or ``null``
+            to export every column as it is typed (arrays of ids become jagged features).
 
     Returns:
-        ``user_idx: long, item_idx: long, label: int, rating: float`` in ``num_partitions``
-        partitions. The row count is checked against the written MDS index on save.
+        The frame the ``{split}_mds`` dataset writes; its row count is checked against the
+        written shards on save.
     """
-    columns = [F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in MDS_COLUMNS.items()]
-    return split.select(*columns).repartition(int(num_partitions))
+    columns = params.get("columns")
+    frame = split
+    if columns:
+        unknown = sorted(set(columns.values()) - set(_SPARK_TYPES))
+        if unknown:
+            raise ValueError(
+                f"export.columns: dtype(s) {unknown} are not among {sorted(_SPARK_TYPES)}"
+            )
+        missing = sorted(set(columns) - set(split.columns))
+        if missing:
+            raise ValueError(
+                f"export.columns names {missing}, which the split does not have "
+                f"(it has {split.columns})"
+            )
+        frame = split.select(*[F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in columns.items()])
+    return frame.repartition(int(params["num_partitions"]))

@@ -1,8 +1,14 @@
-"""Export: train/validation/test as Mosaic MDS shards (written from the Spark partitions)."""
+"""Export (shared by every model): the train/validation/test splits as Mosaic MDS shards.
+
+A modular pipeline: instantiate it inside a model's namespace (``two_tower``, ``dlrm``), where
+``{split}_split@spark`` and ``params:export`` resolve to that model's datasets and parameters.
+"""
 
 from kedro.pipeline import Pipeline, node
 
 from .nodes import to_mds_frame
+
+SPLITS = ("train", "validation", "test")
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -10,11 +16,11 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 to_mds_frame,
-                inputs=[f"{split}@spark", "params:two_tower.export.num_partitions"],
+                inputs=[f"{split}_split@spark", "params:export"],
                 outputs=f"{split}_mds",
                 name=f"export_{split}",
             )
-            for split in ("train", "validation", "test")
+            for split in SPLITS
         ],
         namespace="export",
         prefix_datasets_with_namespace=False,
