@@ -187,13 +187,25 @@ def embedding_modules(task: nn.Module) -> list[nn.Module]:
     return [m for m in task.modules() if isinstance(m, kinds)]
 
 
+def _table_configs(module: nn.Module) -> list:
+    if hasattr(module, "embedding_bag_configs"):
+        return list(module.embedding_bag_configs())
+    return list(module.embedding_configs())
+
+
 def build_sharded_model(spec: ModelSpec, config: TrainConfig, ctx: DistContext):
     """The DMP-wrapped train task, its combined optimizer and the sharding plan (collective)."""
     import torch.distributed as dist
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner
-    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+    from torchrec.distributed.planner.types import (
+        KernelConfig,
+        ParameterConstraints,
+        TopologyFactory,
+        TrainerConfig,
+    )
     from torchrec.distributed.sharding_plan import get_default_sharders
+    from torchrec.distributed.types import ShardingType
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -211,7 +223,18 @@ def build_sharded_model(spec: ModelSpec, config: TrainConfig, ctx: DistContext):
         TrainerConfig(world_size=ctx.world_size, local_world_size=ctx.local_world_size),
         kernel_config=KernelConfig(compute_device=ctx.device.type),
     )
-    planner = EmbeddingShardingPlanner(topology=topology, batch_size=config.batch_size)
+    # Only sharded placements: a replicated (data_parallel) table is not updated by the fused
+    # optimizer but by the dense one, i.e. Adam at dense_lr instead of row-wise Adagrad.
+    kinds = (ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE)
+    sharded = [t.value for t in (*kinds, ShardingType.TABLE_ROW_WISE)]
+    constraints = {
+        table.name: ParameterConstraints(sharding_types=sharded)
+        for module in tables
+        for table in _table_configs(module)
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=topology, batch_size=config.batch_size, constraints=constraints
+    )
     sharders = get_default_sharders()
     plan = planner.collective_plan(task, sharders, dist.GroupMember.WORLD)
     model = DistributedModelParallel(module=task, device=ctx.device, plan=plan, sharders=sharders)
@@ -298,15 +321,20 @@ def _train_epoch(
         # validation (or the next epoch's shuffle).
         pipeline = TrainPipelineSparseDist(model, optimizer, ctx.device, execute_all_batches=True)
         iterator = iter(batches)
-        while True:
-            try:
-                loss, _, labels = pipeline.progress(iterator)
-            except StopIteration:
-                break
-            n = int(labels.shape[0])
-            loss_sum += loss.double() * n  # stays on the device: no sync per step
-            rows += n
-            bar.update(1)
+        try:
+            while True:
+                try:
+                    loss, _, labels = pipeline.progress(iterator)
+                except StopIteration:
+                    break
+                n = int(labels.shape[0])
+                loss_sum += loss.double() * n  # stays on the device: no sync per step
+                rows += n
+                bar.update(1)
+        finally:
+            # The pipeline swaps the sharded modules' forward for its own; give it back, or
+            # validation's forward finds no input dist to consume.
+            pipeline.detach()
     else:
         for cpu_batch in batches:
             batch = cpu_batch.to(ctx.device)
