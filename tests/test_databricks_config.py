@@ -1,4 +1,4 @@
-"""The `databricks` environment resolves every dataset of `two_tower` (no workspace needed).
+"""The `databricks` environment resolves every dataset of every pipeline (no workspace needed).
 
 Only the configuration is tested here: the datasets are instantiated, not loaded.
 """
@@ -11,7 +11,7 @@ import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
-from recsys_kedro.pipelines.two_tower import create_pipeline
+from recsys_kedro.pipeline_registry import register_pipelines
 from recsys_kedro.settings import CONFIG_LOADER_ARGS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -29,14 +29,28 @@ def databricks():
 
 
 def _datasets():
-    return sorted(d for d in create_pipeline().datasets() if not d.startswith("params:"))
+    names = set()
+    for name, pipeline in register_pipelines().items():
+        if name != "__default__":
+            names |= {d for d in pipeline.datasets() if not d.startswith("params:")}
+    return sorted(names)
 
 
 @pytest.mark.parametrize("name", _datasets())
-def test_every_two_tower_dataset_resolves_in_databricks(databricks, name):
+def test_every_dataset_resolves_in_databricks(databricks, name):
     _, catalog = databricks
     dataset = catalog.get(name)
     assert dataset is not None, f"{name} does not resolve in conf/databricks + conf/base"
+
+
+def test_dlrm_on_databricks_trains_on_gpus_from_volumes(databricks):
+    loader, catalog = databricks
+    training = loader["parameters"]["dlrm"]["training"]
+    assert training["use_gpu"] is True and training["local_mode"] is False
+    assert training["checkpoint_dir"].startswith("/Volumes/")
+    assert str(catalog.get("dlrm.train_mds")._describe()["filepath"]).startswith("/Volumes/")
+    # base parameters still apply where databricks does not override them
+    assert loader["parameters"]["dlrm"]["model"]["architecture"] == "dlrm"
 
 
 def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):
@@ -44,11 +58,13 @@ def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):
     described = str(catalog.get("raw_ratings"))
     assert "main.recsys.item_ratings" in described
     for split in ("train", "validation", "test"):
-        mds = catalog.get(f"{split}_mds")
+        mds = catalog.get(f"two_tower.{split}_mds")
         desc = mds._describe()
         assert str(desc["filepath"]).startswith("/Volumes/"), desc
         assert desc["local_cache"].startswith("/local_disk0/"), desc
-        assert str(catalog.get(f"{split}@spark")._describe()["filepath"]).startswith("/Volumes/")
+        assert str(
+            catalog.get(f"two_tower.{split}_split@spark")._describe()["filepath"]
+        ).startswith("/Volumes/")
 
 
 def test_databricks_tracking_and_gpu_training_parameters(databricks):

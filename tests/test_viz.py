@@ -1,4 +1,4 @@
-"""`kedro viz build` succeeds and the graph reads ingestion -> ... -> evaluation."""
+"""`kedro viz build` succeeds; each pipeline is its own chain of namespaced stages."""
 
 from __future__ import annotations
 
@@ -31,4 +31,12 @@ def test_kedro_viz_build(tmp_path):
     layers = "raw intermediate primary feature model_input models model_output reporting"
     assert graph["layers"] == layers.split()
     modular = {n["name"] for n in graph["nodes"] if n["type"] == "modularPipeline"}
-    assert {"ingestion", "features", "export", "training", "evaluation"} <= modular
+    stages = ("ingestion", "features", "export", "training", "evaluation")
+    assert {f"two_tower.{s}" for s in stages} <= modular
+    assert {p["id"] for p in graph["pipelines"]} == {"__default__", "two_tower", "dlrm"}
+    dlrm = json.loads((tmp_path / "build" / "api" / "pipelines" / "dlrm").read_text())
+    dlrm_modular = {n["name"] for n in dlrm["nodes"] if n["type"] == "modularPipeline"}
+    assert {f"dlrm.{s}" for s in ("data", "export", "training", "evaluation")} <= dlrm_modular
+    # the shared stages are the same nodes, instantiated once per pipeline
+    tasks = {n["name"] for n in dlrm["nodes"] if n["type"] == "task"}
+    assert {"train_model", "export_train", "generate_click_logs", "evaluate_ranking"} <= tasks

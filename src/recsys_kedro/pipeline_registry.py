@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+from recsys_kedro.pipelines import dlrm, two_tower
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines.
+    """The runnable pipelines: ``two_tower`` (the default) and ``dlrm``.
 
-    ``find_pipelines()`` picks up every ``pipelines/<name>/create_pipeline``: the stage
-    pipelines (``ingestion``, ``features``, ``export``, ``training``, ``evaluation``) and
-    ``two_tower``, which composes them. ``__default__`` is ``two_tower``.
+    Each model's pipeline composes stage pipelines under its own namespace: its own
+    (ingestion/features for ``two_tower``, data generation and evaluation for ``dlrm``) and
+    the shared ``export`` and ``training`` modular pipelines, written once. The stages are
+    not registered on their own (their dataset names only resolve inside a namespace); run
+    one with ``kedro run --pipeline=two_tower --namespaces=two_tower.features``.
     """
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = {"two_tower": two_tower.create_pipeline(), "dlrm": dlrm.create_pipeline()}
     pipelines["__default__"] = pipelines["two_tower"]
     return pipelines

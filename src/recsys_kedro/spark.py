@@ -29,3 +29,19 @@ def build_spark_session(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def active_spark_session() -> SparkSession:
+    """The SparkSession the project's hook made (for nodes that create data from nothing).
+
+    Raises:
+        RuntimeError: if no session is active (the code runs outside ``kedro run`` and did not
+            call :func:`build_spark_session`).
+    """
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError(
+            "no active SparkSession: run through `kedro run` (its hook builds the session "
+            "from conf/<env>/spark.yml) or call recsys_kedro.spark.build_spark_session() first"
+        )
+    return spark

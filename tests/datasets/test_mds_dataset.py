@@ -233,3 +233,30 @@ def test_describe_and_compression_defaults():
         MDSDataset(filepath="d", columns=COLUMNS, compression=None)._describe()["compression"]
         is None
     )
+
+
+def test_block_layout_takes_columns_from_the_frame(spark, tmp_path):
+    path = str(tmp_path / "from_frame")
+    df = spark.createDataFrame(
+        [(i, float(i) / 2, list(range(i % 3 + 1)), i % 2) for i in range(30)],
+        "sparse_0 long, dense_0 float, tags array<long>, label int",
+    )
+    dataset = MDSDataset(filepath=path, layout="block", block_rows=8)
+    dataset.save(df)
+    folder = dataset.load()
+    assert folder.num_rows == 30 and folder.jagged == ("tags",)
+    assert folder.columns["dense_0"] == "ndarray:float32"
+    assert folder.columns["tags__values"] == "ndarray:int64"
+    assert dataset._describe()["columns"] == "from the DataFrame"
+
+
+def test_block_layout_from_the_frame_refuses_strings_by_name(spark, tmp_path):
+    df = spark.createDataFrame([(1, "a")], "sparse_0 long, title string")
+    dataset = MDSDataset(filepath=str(tmp_path / "bad"), layout="block")
+    with pytest.raises(DatasetError, match=r"'title' \(string\)"):
+        dataset.save(df)
+
+
+def test_row_layout_still_needs_columns(tmp_path):
+    with pytest.raises(DatasetError, match="row layout"):
+        MDSDataset(filepath=str(tmp_path / "x"))

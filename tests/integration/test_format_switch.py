@@ -23,7 +23,12 @@ def test_lfs_item_ratings_by_a_catalog_override(tmp_path, spark):
     make_project(tmp_path, local_catalog=LOCAL_CATALOG)
     split = {"test_size": 1, "validation_size": 1, "min_train_interactions": 1}
     params = {"two_tower": {"features": {"split": split}}}
-    run_project(tmp_path, params, pipeline_name="two_tower", to_nodes=["features.summarise_splits"])
+    run_project(
+        tmp_path,
+        params,
+        pipeline_name="two_tower",
+        to_nodes=["two_tower.features.summarise_splits"],
+    )
 
     raw = pd.read_csv(FIXTURE)
     stats = json.loads((tmp_path / "data/08_reporting/two_tower_split_statistics.json").read_text())
@@ -32,5 +37,5 @@ def test_lfs_item_ratings_by_a_catalog_override(tmp_path, spark):
     total = sum(stats[s]["interactions"] for s in ("train", "validation", "test"))
     assert total == len(raw.drop_duplicates(["userId", "movieId"]))
     assert stats["test"]["interactions"] == raw["userId"].nunique()  # one latest rating per user
-    index = pd.read_parquet(tmp_path / "data/03_primary/user_index")
+    index = pd.read_parquet(tmp_path / "data/03_primary/two_tower/user_index")
     assert set(index["user_id"]) == set(raw["userId"])  # hashed ids translate back

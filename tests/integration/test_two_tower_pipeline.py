@@ -81,7 +81,7 @@ def test_metrics_file_has_every_key(pipeline_run):
         "popularity_ndcg@10", "train_samples_per_s", "epochs", "n_train", "n_test",
     ):  # fmt: skip
         assert key in metrics, key
-    assert metrics["epochs"] == 2
+    assert metrics["epochs"] == 2 and metrics["best_epoch"] == 2  # the last epoch is kept
     assert 0.0 <= metrics["recall@10"] <= 1.0 and metrics["train_samples_per_s"] > 0
     assert metrics["test_auc"] > 0.6  # the clusters are learnable within two epochs
     assert (root / "data/08_reporting/two_tower_metrics_at_k.png").stat().st_size > 0
@@ -95,7 +95,7 @@ def test_row_counts_agree_from_raw_to_mds(pipeline_run):
     assert total == n_pairs  # deduplicated, nothing lost between ingestion and the split
     assert stats["n_users"] == N_USERS
     for split in ("train", "validation", "test"):
-        mds = str(root / "data/05_model_input/mds" / split)
+        mds = str(root / "data/05_model_input/two_tower/mds" / split)
         assert read_block_metadata(mds)["layout"] == "block"  # the default training input
         assert count_block_rows(mds) == stats[split]["interactions"]
     assert stats["test"]["interactions"] == 4 * N_USERS

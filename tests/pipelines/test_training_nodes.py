@@ -1,4 +1,5 @@
-"""The training node launches TorchDistributor (2 local gloo processes) on tiny MDS data."""
+"""The shared training node launches TorchDistributor (2 local gloo processes) on tiny MDS
+data; the two-tower spec node feeds it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 
 from recsys_kedro.mds import write_mds
 from recsys_kedro.models.two_tower import model_from_checkpoint
-from recsys_kedro.pipelines.training.nodes import plot_training_curves, train_two_tower
+from recsys_kedro.pipelines.training.nodes import plot_training_curves, train_model
+from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
+from recsys_kedro.training.specs import spec_from_dict
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
 MODEL = {"embedding_dim": 8, "layer_sizes": [16, 8], "normalize": True}
@@ -21,6 +24,7 @@ def _params(tmp_path, **overrides):
         "use_gpu": False,
         "loss": "softmax",
         "temperature": 0.1,
+        "drop_last": True,
         "epochs": 2,
         "batch_size": 32,
         "eval_batch_size": 64,
@@ -41,7 +45,7 @@ def _split(spark, rng, n, n_users, n_items):
     return spark.createDataFrame(rows, "user_idx long, item_idx long, label int, rating float")
 
 
-def test_train_two_tower_node_returns_checkpoint_history_and_summary(spark, tmp_path):
+def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path):
     rng = np.random.default_rng(0)
     train = write_mds(
         _split(spark, rng, 600, 10, 12), path=str(tmp_path / "train"), columns=COLUMNS
@@ -49,23 +53,30 @@ def test_train_two_tower_node_returns_checkpoint_history_and_summary(spark, tmp_
     val = write_mds(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "val"), columns=COLUMNS)
     stats = {"n_users": 10, "n_items": 12}
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
-    checkpoint, history, summary = train_two_tower(
-        train, val, stats, popularity, MODEL, _params(tmp_path)
-    )
+    params = _params(tmp_path)
+    spec = two_tower_spec(stats, popularity, MODEL, params)
+    assert spec_from_dict(spec).model.num_items == 12  # plain values that round-trip
+    checkpoint, history, summary = train_model(train, val, spec, params)
     model = model_from_checkpoint(checkpoint)
     assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
     assert [m["step"] for m in history["train_loss"]] == [1, 2]
     assert set(history) == {"train_loss", "val_loss", "val_auc", "train_samples_per_s"}
     assert summary["world_size"] == 2 and summary["train_samples_per_s"] > 0
+    assert summary["best_epoch"] == 2
     assert "checkpoint_path" not in summary
     assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
     figure = plot_training_curves(summary)
     assert len(figure.axes) == 2  # loss (train + val) and AUC
 
 
-def test_train_two_tower_rejects_a_popularity_table_of_another_index(tmp_path):
+def test_two_tower_spec_rejects_a_popularity_table_of_another_index(tmp_path):
     popularity = pd.DataFrame({"item_idx": range(5), "n_positive": [1] * 5})
     with pytest.raises(ValueError, match="same item index"):
-        train_two_tower(
-            None, None, {"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path)
-        )
+        two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
+
+
+def test_train_model_names_the_parameter_and_its_file(tmp_path):
+    popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [1] * 12})
+    spec = two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
+    with pytest.raises(ValueError, match=r"epochs must be >= 1.*parameters_two_tower\.yml"):
+        train_model(None, None, spec, _params(tmp_path, epochs=0))

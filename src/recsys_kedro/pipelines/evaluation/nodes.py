@@ -120,6 +120,7 @@ def evaluate_retrieval(
         n_eval_users=int(model_metrics["n_eval_users"]),
         train_samples_per_s=float(training_summary["train_samples_per_s"]),
         epochs=int(training_summary["epochs"]),
+        best_epoch=int(training_summary.get("best_epoch", training_summary["epochs"])),
         world_size=int(training_summary["world_size"]),
         n_users=int(split_statistics["n_users"]),
         n_items=int(split_statistics["n_items"]),

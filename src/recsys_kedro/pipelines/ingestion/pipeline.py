@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 deduplicate_ratings,
-                inputs=["raw_ratings", "params:two_tower.ingestion"],
+                inputs=["raw_ratings", "params:ingestion"],
                 outputs="int_ratings",
                 name="deduplicate_ratings",
             )

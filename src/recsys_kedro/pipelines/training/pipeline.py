@@ -1,34 +1,29 @@
-"""Training: TorchDistributor -> TorchRec two-tower on the MDS shards."""
+"""Training (shared by every model): TorchDistributor -> the shared TorchRec trainer.
+
+A modular pipeline: instantiate it inside a model's namespace, next to that model's spec node
+(which writes ``model_spec``). Free inputs: ``train_mds``, ``validation_mds``, ``model_spec``,
+``params:training``; outputs: ``model``, ``epoch_metrics``, ``training_summary``,
+``training_curves``.
+"""
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import plot_training_curves, train_two_tower
+from .nodes import plot_training_curves, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                train_two_tower,
-                inputs=[
-                    "train_mds",
-                    "validation_mds",
-                    "split_statistics",
-                    "item_popularity@pandas",
-                    "params:two_tower.model",
-                    "params:two_tower.training",
-                ],
-                outputs=[
-                    "two_tower_model",
-                    "two_tower_epoch_metrics",
-                    "two_tower_training_summary",
-                ],
-                name="train_two_tower",
+                train_model,
+                inputs=["train_mds", "validation_mds", "model_spec", "params:training"],
+                outputs=["model", "epoch_metrics", "training_summary"],
+                name="train_model",
             ),
             node(
                 plot_training_curves,
-                inputs="two_tower_training_summary",
-                outputs="two_tower_training_curves",
+                inputs="training_summary",
+                outputs="training_curves",
                 name="plot_training_curves",
             ),
         ],

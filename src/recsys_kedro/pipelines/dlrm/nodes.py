@@ -1,0 +1,267 @@
+"""dlrm-specific nodes: planted click logs in Spark, the ranking model's spec, its report.
+
+Export and training are the shared stages; only what is specific to a ranker on click logs
+lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recsys_kedro.data.click_logs import ClickLogSpec
+from recsys_kedro.data.click_logs import generate_click_logs as _generate
+from recsys_kedro.data.click_logs import split_click_logs as _split
+from recsys_kedro.evaluation.plots import training_curves_figure
+from recsys_kedro.evaluation.ranking import ranking_metrics
+from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, predict_proba
+from recsys_kedro.spark import active_spark_session
+from recsys_kedro.training.ranking import RankingSpec
+from recsys_kedro.training.specs import spec_to_dict
+
+logger = logging.getLogger(__name__)
+
+CONF_FILE = "conf/base/parameters_dlrm.yml"
+SPLITS = ("train", "validation", "test")
+
+
+def click_log_spec(data_params: dict[str, Any]) -> ClickLogSpec:
+    """The generator's spec from ``dlrm.data``; a bad value names the parameter and the file.
+
+    Also run by the project hook before Spark starts, so a bad parameter fails at once.
+    """
+    try:
+        return ClickLogSpec.from_params(data_params["generator"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"dlrm.data.generator: {exc} (in {CONF_FILE})") from exc
+
+
+def generate_click_logs(data_params: dict[str, Any]) -> DataFrame:
+    """Synthetic click logs whose labels come from a planted model (see
+    :mod:`recsys_kedro.data.click_logs`), generated in parallel across Spark partitions.
+
+    Returns:
+        ``row_id``, ``dense_*`` (float), ``sparse_*`` (long, or array<long> for multi-hot
+        features), ``label`` (int) and ``p_true`` (the planted click probability).
+    """
+    spec = click_log_spec(data_params)
+    return _generate(active_spark_session(), spec, int(data_params.get("num_partitions", 4)))
+
+
+def split_click_logs(
+    click_logs: DataFrame, data_params: dict[str, Any]
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Train / validation / test by a seeded hash of the row id (``dlrm.data.split``)."""
+    split = data_params.get("split", {})
+    try:
+        return _split(
+            click_logs,
+            fractions=tuple(split.get("fractions", (0.8, 0.1, 0.1))),
+            seed=int(split.get("seed", 0)),
+        )
+    except ValueError as exc:
+        raise ValueError(f"dlrm.data.split: {exc} (in {CONF_FILE})") from exc
+
+
+def summarise_click_logs(
+    train: DataFrame, validation: DataFrame, test: DataFrame, data_params: dict[str, Any]
+) -> dict[str, Any]:
+    """Rows, positive rate and mean planted probability per split (aggregates only), and
+    the feature layout the model is built from.
+
+    Raises:
+        ValueError: if a split is empty or holds a single class (AUC would be undefined).
+    """
+    spec = click_log_spec(data_params)
+    out: dict[str, Any] = {
+        "num_dense": spec.num_dense,
+        "sparse_features": list(spec.sparse_columns),
+        "jagged_features": list(spec.jagged_columns),
+        "cardinalities": list(spec.cardinalities),
+    }
+    for name, frame in zip(SPLITS, (train, validation, test), strict=True):
+        row = frame.agg(
+            F.count("*").alias("rows"),
+            F.sum("label").alias("positives"),
+            F.avg("p_true").alias("mean_p_true"),
+        ).first()
+        rows, positives = int(row["rows"]), int(row["positives"] or 0)
+        if rows == 0 or positives in (0, rows):
+            raise ValueError(
+                f"the {name} split has {rows} rows and {positives} positives: raise "
+                f"dlrm.data.generator.rows or change dlrm.data.split.fractions in {CONF_FILE}"
+            )
+        out[name] = {
+            "rows": rows,
+            "positive_rate": positives / rows,
+            "mean_p_true": float(row["mean_p_true"]),
+        }
+    logger.info(
+        "click logs: %s rows (train/validation/test), positive rate %.3f",
+        "/".join(f"{out[s]['rows']:,}" for s in SPLITS),
+        out["train"]["positive_rate"],
+    )
+    return out
+
+
+def dlrm_spec(data_params: dict[str, Any], model_params: dict[str, Any]) -> dict[str, Any]:
+    """The ranking model's spec: features from the generator, architecture from ``dlrm.model``."""
+    data = click_log_spec(data_params)
+    try:
+        config = RankingConfig(
+            dense_features=data.dense_columns,
+            sparse_features=data.sparse_columns,
+            cardinalities=data.cardinalities,
+            jagged_features=data.jagged_columns,
+            **model_params,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dlrm.model: {exc} (in {CONF_FILE})") from exc
+    return spec_to_dict(RankingSpec(model=config, name="dlrm"))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _columns(frame: pd.DataFrame, config: RankingConfig) -> dict[str, torch.Tensor]:
+    """Loader-style columns of a pandas split (jagged features as values + lengths)."""
+    from recsys_kedro.mds.block_format import lengths_column, values_column
+
+    out: dict[str, torch.Tensor] = {"label": torch.from_numpy(frame["label"].to_numpy(np.float32))}
+    for name in config.dense_features:
+        out[name] = torch.from_numpy(frame[name].to_numpy(np.float32))
+    for name in config.sparse_features:
+        if name in config.jagged_features:
+            arrays = frame[name].to_numpy()
+            out[values_column(name)] = torch.from_numpy(
+                np.concatenate(arrays).astype(np.int64) if len(arrays) else np.zeros(0, np.int64)
+            )
+            out[lengths_column(name)] = torch.from_numpy(
+                np.fromiter((len(a) for a in arrays), np.int32, len(arrays))
+            )
+        else:
+            out[name] = torch.from_numpy(frame[name].to_numpy(np.int64))
+    return out
+
+
+def score_split(
+    checkpoint: dict[str, Any], frame: pd.DataFrame, chunk_rows: int = 65536
+) -> np.ndarray:
+    """Click probabilities of every row of ``frame`` from the unsharded model."""
+    model = model_from_checkpoint(checkpoint)
+    layout = model.config.layout
+    parts = [
+        predict_proba(
+            model, layout.to_batch(_columns(frame.iloc[i : i + chunk_rows], model.config))
+        )
+        for i in range(0, len(frame), chunk_rows)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _logistic_regression(
+    train: pd.DataFrame, test: pd.DataFrame, dense: list[str], seed: int
+) -> np.ndarray:
+    """The floor: a logistic regression on the dense features only (standardised)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    model.fit(train[dense].to_numpy(np.float32), train["label"].to_numpy())
+    return model.predict_proba(test[dense].to_numpy(np.float32))[:, 1]
+
+
+def evaluate_ranking(
+    model: dict[str, Any],
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    training_summary: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], Figure]:
+    """Test AUC / log loss of the model, of the planted probabilities (the oracle) and of a
+    logistic regression on the dense features (the floor); ``auc_ratio = test_auc /
+    oracle_auc``.
+
+    Returns:
+        The metrics dictionary (``dlrm_metrics.json``), the same numbers for MLflow, and a plot
+        of validation AUC per epoch against the oracle's validation AUC.
+    """
+    config = model_from_checkpoint(model).config
+    p_model = score_split(model, test)
+    labels = test["label"].to_numpy()
+    ours = ranking_metrics(labels, p_model)
+    oracle = ranking_metrics(labels, test["p_true"].to_numpy())
+    p_logreg = _logistic_regression(
+        train, test, list(config.dense_features), int(params.get("seed", 0))
+    )
+    floor = ranking_metrics(labels, p_logreg)
+    metrics: dict[str, Any] = {
+        "test_auc": ours["auc"],
+        "test_logloss": ours["logloss"],
+        "oracle_auc": oracle["auc"],
+        "oracle_logloss": oracle["logloss"],
+        "auc_ratio": ours["auc"] / oracle["auc"],
+        "logreg_auc": floor["auc"],
+        "logreg_logloss": floor["logloss"],
+        "architecture": config.architecture,
+        "train_samples_per_s": float(training_summary["train_samples_per_s"]),
+        "best_epoch": int(training_summary["best_epoch"]),
+        "epochs": int(training_summary["epochs"]),
+        "world_size": int(training_summary["world_size"]),
+        "n_train": len(train),
+        "n_validation": len(validation),
+        "n_test": len(test),
+        "test_positive_rate": float(labels.mean()),
+    }
+    logger.info(
+        "dlrm (%s) test: AUC %.4f (oracle %.4f, ratio %.3f; logreg %.4f) | log loss %.4f "
+        "(oracle %.4f)",
+        config.architecture,
+        metrics["test_auc"],
+        metrics["oracle_auc"],
+        metrics["auc_ratio"],
+        metrics["logreg_auc"],
+        metrics["test_logloss"],
+        metrics["oracle_logloss"],
+    )
+    mlflow_metrics = {
+        f"test_{k}" if not k.startswith("test_") else k: {"step": 0, "value": float(v)}
+        for k, v in metrics.items()
+        if isinstance(v, int | float)
+    }
+    oracle_val = ranking_metrics(validation["label"].to_numpy(), validation["p_true"].to_numpy())
+    history = training_summary["history"]
+    figure = training_curves_figure(
+        {
+            "val_auc": history["val_auc"],
+            "train_loss": history["train_loss"],
+            "val_loss": history["val_loss"],
+        },  # fmt: skip
+        best_epoch=metrics["best_epoch"],
+        references={
+            "auc": ("oracle", oracle_val["auc"]),
+            "loss": ("oracle log loss", oracle_val["logloss"]),
+        },
+        title=f"DLRM ({config.architecture}): validation against the planted optimum",
+    )
+    return metrics, mlflow_metrics, figure
+
+
+__all__ = [
+    "click_log_spec",
+    "dlrm_spec",
+    "evaluate_ranking",
+    "generate_click_logs",
+    "score_split",
+    "split_click_logs",
+    "summarise_click_logs",
+]

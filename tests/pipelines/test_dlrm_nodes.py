@@ -1,0 +1,131 @@
+"""dlrm nodes: generator parameters, split statistics, the spec and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+
+from recsys_kedro.hooks import SparkHooks
+from recsys_kedro.models.ranking import build_ranking_model, make_checkpoint
+from recsys_kedro.pipelines.dlrm import create_pipeline
+from recsys_kedro.pipelines.dlrm.nodes import (
+    click_log_spec,
+    dlrm_spec,
+    evaluate_ranking,
+    generate_click_logs,
+    score_split,
+    split_click_logs,
+    summarise_click_logs,
+)
+from recsys_kedro.training.specs import spec_from_dict
+
+GENERATOR = {
+    "rows": 3000,
+    "num_dense": 3,
+    "num_sparse": 4,
+    "cardinalities": [5, 20, 50, 8],
+    "multi_hot": [1, 3, 1, 1],
+    "positive_rate": 0.3,
+    "seed": 1,
+}
+DATA = {"generator": GENERATOR, "num_partitions": 2, "split": {"fractions": [0.6, 0.2, 0.2]}}
+MODEL = {
+    "architecture": "dlrm",
+    "embedding_dim": 4,
+    "dense_arch_layer_sizes": [8, 4],
+    "over_arch_layer_sizes": [8, 1],
+}
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"rows": 0}, "rows"),
+        ({"cardinalities": [5, 0, 50, 8]}, "cardinalities"),
+        ({"positive_rate": 1.0}, "positive_rate"),
+        ({"multi_hot": [1, 30, 1, 1]}, "multi_hot"),
+    ],
+)
+def test_bad_generator_parameters_name_the_parameter_and_the_file(override, named):
+    data = {**DATA, "generator": {**GENERATOR, **override}}
+    with pytest.raises(ValueError, match=rf"dlrm\.data\.generator: .*{named}.*parameters_dlrm"):
+        click_log_spec(data)
+
+
+def test_bad_parameters_fail_in_the_hook_before_spark_starts(monkeypatch):
+    started = []
+    monkeypatch.setattr("recsys_kedro.hooks.build_spark_session", lambda *a, **k: started.append(1))
+    hooks = SparkHooks()
+    bad = {**DATA, "generator": {**GENERATOR, "rows": 0}}
+    catalog = DataCatalog(datasets={"params:dlrm.data": MemoryDataset(bad)})
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        hooks.before_pipeline_run({}, create_pipeline(), catalog)
+    assert not started
+    catalog = DataCatalog(datasets={"params:dlrm.data": MemoryDataset(DATA)})
+    hooks.before_pipeline_run({}, create_pipeline(), catalog)
+    assert started == [1]
+
+
+@pytest.fixture(scope="module")
+def splits(spark):
+    logs = generate_click_logs(DATA)
+    train, validation, test = split_click_logs(logs, DATA)
+    return logs, train, validation, test
+
+
+def test_generated_logs_split_without_loss_and_summarised(splits):
+    logs, train, validation, test = splits
+    stats = summarise_click_logs(train, validation, test, DATA)
+    assert sum(stats[s]["rows"] for s in ("train", "validation", "test")) == logs.count() == 3000
+    assert stats["train"]["rows"] > stats["test"]["rows"]
+    assert stats["jagged_features"] == ["sparse_1"] and stats["cardinalities"] == [5, 20, 50, 8]
+    for split in ("train", "validation", "test"):
+        assert 0.2 < stats[split]["positive_rate"] < 0.4
+
+
+def test_an_empty_split_is_refused(splits):
+    _, train, validation, test = splits
+    with pytest.raises(ValueError, match="the test split has 0 rows"):
+        summarise_click_logs(train, validation, test.limit(0), DATA)
+
+
+def test_dlrm_spec_takes_features_from_the_generator(splits):
+    spec = spec_from_dict(dlrm_spec(DATA, MODEL))
+    assert spec.model.sparse_features == ("sparse_0", "sparse_1", "sparse_2", "sparse_3")
+    assert spec.model.jagged_features == ("sparse_1",)
+    assert spec.model.dense_features == ("dense_0", "dense_1", "dense_2")
+    with pytest.raises(ValueError, match=r"dlrm\.model: .*parameters_dlrm"):
+        dlrm_spec(DATA, {**MODEL, "dense_arch_layer_sizes": [8, 5]})
+
+
+def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
+    _, train, validation, test = splits
+    config = spec_from_dict(dlrm_spec(DATA, MODEL)).model
+    model = build_ranking_model(config, device="cpu")
+    checkpoint = make_checkpoint(config, model.state_dict())
+    train_pd, val_pd, test_pd = (s.toPandas() for s in (train, validation, test))
+    summary = {
+        "train_samples_per_s": 10.0,
+        "best_epoch": 1,
+        "epochs": 2,
+        "world_size": 2,
+        "history": {"val_auc": [0.5, 0.49], "train_loss": [0.7, 0.6], "val_loss": [0.7, 0.7]},
+    }
+    metrics, mlflow_metrics, figure = evaluate_ranking(
+        checkpoint, train_pd, val_pd, test_pd, summary, {"seed": 0}
+    )
+    for key in (
+        "test_auc", "test_logloss", "oracle_auc", "oracle_logloss", "auc_ratio", "logreg_auc",
+        "train_samples_per_s", "n_train", "architecture",
+    ):  # fmt: skip
+        assert key in metrics, key
+    assert metrics["auc_ratio"] == pytest.approx(metrics["test_auc"] / metrics["oracle_auc"])
+    assert metrics["oracle_auc"] > 0.65  # the planted probabilities know the answer
+    assert metrics["oracle_auc"] > metrics["test_auc"]  # an untrained model does not
+    assert metrics["logreg_auc"] > 0.55  # the dense features carry part of the signal
+    assert metrics["n_test"] == len(test_pd) and metrics["architecture"] == "dlrm"
+    assert "test_auc_ratio" in mlflow_metrics and "test_architecture" not in mlflow_metrics
+    probabilities = score_split(checkpoint, test_pd.iloc[:10])
+    assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
+    assert len(figure.axes) == 2  # AUC against the oracle line, losses
