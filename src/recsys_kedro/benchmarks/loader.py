@@ -129,7 +129,7 @@ def _row_loader(folder, batch_size: int, cache: Path):
 
 def _block_batches(folder, batch_size: int, cache: Path):
     from recsys_kedro.mds.block_loader import BlockBatchLoader
-    from recsys_kedro.training.two_tower import to_batch
+    from recsys_kedro.models.two_tower import BATCH_LAYOUT
 
     loader = BlockBatchLoader(
         folder,
@@ -140,7 +140,11 @@ def _block_batches(folder, batch_size: int, cache: Path):
         local_cache_dir=str(cache),
         columns=list(COLUMNS),
     )
-    return (to_batch(columns, torch.device("cpu")) for columns in loader)
+    return (BATCH_LAYOUT.to_batch(columns) for columns in loader)
+
+
+def _rows(batch) -> int:
+    return int(batch.labels.shape[0])
 
 
 def _free_port() -> int:
@@ -153,7 +157,8 @@ def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: P
     """The pipeline's sharded two-tower (DMP, fused optimizers) on a 1-process gloo group."""
     from recsys_kedro.models.two_tower import TwoTowerConfig
     from recsys_kedro.training.distributed import init_distributed
-    from recsys_kedro.training.two_tower import TwoTowerTrainConfig, build_sharded_model
+    from recsys_kedro.training.trainer import TrainConfig, build_sharded_model
+    from recsys_kedro.training.two_tower import TwoTowerSpec
 
     os.environ.update(
         RANK="0",
@@ -164,14 +169,16 @@ def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: P
         MASTER_PORT=str(_free_port()),
     )
     ctx = init_distributed(use_gpu=False)
-    config = TwoTowerTrainConfig(
+    spec = TwoTowerSpec(
+        model=TwoTowerConfig(n_users, n_items, embedding_dim=64, layer_sizes=(128, 64))
+    )
+    config = TrainConfig(
         train=block_folder,
         validation=block_folder,
-        model=TwoTowerConfig(n_users, n_items, embedding_dim=64, layer_sizes=(128, 64)),
         checkpoint_path=str(workdir / "unused.pt"),
         batch_size=batch_size,
     )
-    model, optimizer, _ = build_sharded_model(config, ctx)
+    model, optimizer, _ = build_sharded_model(spec, config, ctx)
     return model, optimizer
 
 
@@ -188,10 +195,10 @@ def _stage(name: str, row_folder, block_folder, args: argparse.Namespace, workdi
         batches = (_notebook_kjt(b) for b in _row_loader(row_folder, bs, cache))
         res = _measure(batches, lambda b: len(b[1]), args.max_seconds)
     elif name == "c":
-        res = _measure(_block_batches(block_folder, bs, cache), lambda b: b.batch_size, 1e9)
+        res = _measure(_block_batches(block_folder, bs, cache), _rows, 1e9)
     else:  # "de": the model alone, then fed by (c), on the same sharded model
         from recsys_kedro.training.distributed import destroy_distributed
-        from recsys_kedro.training.two_tower import train_step
+        from recsys_kedro.training.trainer import train_step
 
         model, optimizer = _model(block_folder, args.users, args.items, bs, Path(workdir))
         in_memory = []
@@ -211,9 +218,9 @@ def _stage(name: str, row_folder, block_folder, args: argparse.Namespace, workdi
             while True:
                 yield from in_memory
 
-        d = _measure(fed(cycle()), lambda b: b.batch_size, args.train_seconds)
+        d = _measure(fed(cycle()), _rows, args.train_seconds)
         batches = _block_batches(block_folder, bs, Path(workdir) / "cache_e")
-        e = _measure(fed(batches), lambda b: b.batch_size, args.train_seconds)
+        e = _measure(fed(batches), _rows, args.train_seconds)
         destroy_distributed()
         return {"d": d, "e": e, "peak_rss_mb": _peak_rss_mb()}
     res["peak_rss_mb"] = _peak_rss_mb()
