@@ -141,5 +141,5 @@ def test_checkpoint_round_trip_in_a_fresh_process(model, tmp_path):
 
 
 def test_model_from_checkpoint_rejects_foreign_dicts():
-    with pytest.raises(ValueError, match="not a recsys_kedro two-tower checkpoint"):
+    with pytest.raises(ValueError, match="expected a 'recsys_kedro.two_tower/v1' checkpoint"):
         model_from_checkpoint({"state_dict": {}})
