@@ -7,7 +7,11 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 
 from recsys_kedro.hooks import SparkHooks
-from recsys_kedro.models.ranking import build_ranking_model, make_checkpoint
+from recsys_kedro.models.ranking import (
+    build_ranking_model,
+    make_checkpoint,
+    model_from_checkpoint,
+)
 from recsys_kedro.pipelines.dlrm import create_pipeline
 from recsys_kedro.pipelines.dlrm.nodes import (
     click_log_spec,
@@ -126,6 +130,6 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     assert metrics["logreg_auc"] > 0.55  # the dense features carry part of the signal
     assert metrics["n_test"] == len(test_pd) and metrics["architecture"] == "dlrm"
     assert "test_auc_ratio" in mlflow_metrics and "test_architecture" not in mlflow_metrics
-    probabilities = score_split(checkpoint, test_pd.iloc[:10])
+    probabilities = score_split(model_from_checkpoint(checkpoint), test_pd.iloc[:10])
     assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
     assert len(figure.axes) == 2  # AUC against the oracle line, losses

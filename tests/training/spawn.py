@@ -51,3 +51,12 @@ def run_on_ranks(fn: Callable, config: Any, world_size: int, out_dir: Path) -> l
         with open(out_dir / f"rank{rank}.pkl", "rb") as f:
             results.append(pickle.load(f))
     return results
+
+
+def fit_on_rank(args: tuple) -> Any:
+    """``fit(spec, config)`` on one rank: a module-level callable, so the 'spawn' start method
+    can pickle it by name. Use ``run_on_ranks(fit_on_rank, (spec, config), ...)``."""
+    from recsys_kedro.training.trainer import fit
+
+    spec, config = args
+    return fit(spec, config)

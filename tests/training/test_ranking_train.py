@@ -32,8 +32,9 @@ from recsys_kedro.models.ranking import (
 )
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_from_dict, spec_to_dict
-from recsys_kedro.training.trainer import ModelSpec, TrainConfig, fit
+from recsys_kedro.training.trainer import ModelSpec, TrainConfig
 
+from .spawn import fit_on_rank as _fit
 from .spawn import run_on_ranks
 
 N_USERS, N_ITEMS, N_TAGS = 60, 40, 12
@@ -41,12 +42,6 @@ SCALARS = {"d0": "float32", "d1": "float32", "user": "int64", "item": "int64", "
 JAGGED = {"tags": "int64"}
 BLOCK_ROWS = 256
 EPOCHS = 3
-
-
-def _fit(args):
-    """What each rank runs (module level: the 'spawn' start method pickles it by name)."""
-    spec, config = args
-    return fit(spec, config)
 
 
 def _rows(n: int, seed: int) -> dict[str, np.ndarray]:

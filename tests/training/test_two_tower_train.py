@@ -9,19 +9,14 @@ from streaming import MDSWriter
 
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.two_tower import TwoTowerConfig, load_two_tower
-from recsys_kedro.training.trainer import TrainConfig, fit
+from recsys_kedro.training.trainer import TrainConfig
 from recsys_kedro.training.two_tower import TwoTowerSpec
 
+from .spawn import fit_on_rank as train
 from .spawn import run_on_ranks
 
 N_USERS, N_ITEMS = 48, 36
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32"}
-
-
-def train(args):
-    """What each rank runs (module level: the 'spawn' start method pickles it by name)."""
-    spec, config = args
-    return fit(spec, config)
 
 
 def _write(path, rows):

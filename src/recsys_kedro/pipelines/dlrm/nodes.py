@@ -21,7 +21,12 @@ from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.evaluation.ranking import ranking_metrics
-from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, predict_proba
+from recsys_kedro.models.ranking import (
+    RankingConfig,
+    RankingModel,
+    model_from_checkpoint,
+    predict_proba,
+)
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_to_dict
@@ -151,11 +156,8 @@ def _columns(frame: pd.DataFrame, config: RankingConfig) -> dict[str, torch.Tens
     return out
 
 
-def score_split(
-    checkpoint: dict[str, Any], frame: pd.DataFrame, chunk_rows: int = 65536
-) -> np.ndarray:
+def score_split(model: RankingModel, frame: pd.DataFrame, chunk_rows: int = 65536) -> np.ndarray:
     """Click probabilities of every row of ``frame`` from the unsharded model."""
-    model = model_from_checkpoint(checkpoint)
     layout = model.config.layout
     parts = [
         predict_proba(
@@ -195,8 +197,9 @@ def evaluate_ranking(
         The metrics dictionary (``dlrm_metrics.json``), the same numbers for MLflow, and a plot
         of validation AUC per epoch against the oracle's validation AUC.
     """
-    config = model_from_checkpoint(model).config
-    p_model = score_split(model, test)
+    ranker = model_from_checkpoint(model)
+    config = ranker.config
+    p_model = score_split(ranker, test)
     labels = test["label"].to_numpy()
     ours = ranking_metrics(labels, p_model)
     oracle = ranking_metrics(labels, test["p_true"].to_numpy())
