@@ -107,3 +107,23 @@ def test_stale_cache_is_refused(tmp_path):
     write_folder(tmp_path / "cache", 20, offset=1000)  # an older export left in the cache
     with pytest.raises(MDSCacheError, match="cache"):
         make_streaming_dataset(remote_folder, batch_size=10, shuffle=False, seed=0)
+
+
+@pytest.mark.parametrize("block_rows", [7, 1000])  # several blocks of unequal size / one block
+def test_read_mds_rows_of_a_block_folder_gives_every_row(spark, tmp_path, block_rows):
+    from recsys_kedro.mds import read_mds_rows, write_mds_blocks
+
+    rows = [(i, i * 3 % 11, float(i) / 2) for i in range(50)]
+    df = spark.createDataFrame(rows, "user_idx long, item_idx long, rating float")
+    folder = write_mds_blocks(
+        df,
+        path=str(tmp_path / "blocks"),
+        columns={"user_idx": "int64", "item_idx": "int64", "rating": "float32"},
+        block_rows=block_rows,
+        num_partitions=2,
+    )
+    got = read_mds_rows(folder, ["user_idx", "item_idx"])
+    pairs = sorted(zip(got["user_idx"].tolist(), got["item_idx"].tolist(), strict=True))
+    assert pairs == sorted((u, i) for u, i, _ in rows)  # every row once
+    with pytest.raises(KeyError, match="no column"):
+        read_mds_rows(folder, ["label"])

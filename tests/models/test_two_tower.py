@@ -52,7 +52,7 @@ def test_config_and_batch_invariants():
         TwoTowerTrainTask(build_two_tower(CONFIG), loss="hinge")
 
 
-def _manual_softmax_loss(q, c, items, labels, temperature, log_q):
+def _manual_softmax_loss(q, c, items, labels, temperature, log_q, users=None):
     """Reference: a Python loop over the positive rows."""
     losses = []
     for i in range(len(items)):
@@ -62,6 +62,8 @@ def _manual_softmax_loss(q, c, items, labels, temperature, log_q):
         for j in range(len(items)):
             if j != i and items[j] == items[i]:
                 continue  # accidental hit: masked
+            if users is not None and j != i and users[j] == users[i] and labels[j] > 0.5:
+                continue  # the same user's other positive: masked
             logits.append(float(q[i] @ c[j]) / temperature - float(log_q[items[j]]))
         own = float(q[i] @ c[i]) / temperature - float(log_q[items[i]])
         losses.append(-own + math.log(sum(math.exp(x) for x in logits)))
@@ -83,6 +85,21 @@ def test_sampled_softmax_matches_reference_with_log_q_and_accidental_hits(model)
     torch.testing.assert_close(logits, (q * c).sum(-1) / 0.2)
     torch.testing.assert_close(out_labels, labels)
     assert not detached.requires_grad
+
+
+def test_same_user_positives_are_not_negatives_when_masked(model):
+    log_q = item_log_q_from_counts(torch.ones(11, dtype=torch.long))
+    users = torch.tensor([0, 0, 0, 1, 1, 2])  # user 0: three rows, two of them positive
+    items = torch.tensor([3, 5, 7, 9, 0, 1])
+    labels = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    batch = make_batch(users, items, labels)
+    q, c = model(batch.sparse_features)
+    masked = TwoTowerTrainTask(model, temperature=0.2, item_log_q=log_q, mask_same_user=True)
+    plain = TwoTowerTrainTask(model, temperature=0.2, item_log_q=log_q)
+    want = _manual_softmax_loss(q, c, items.tolist(), labels.tolist(), 0.2, log_q, users.tolist())
+    assert masked(batch)[0].item() == pytest.approx(want, rel=1e-5)
+    # Fewer negatives in the denominator: the masked loss is lower.
+    assert masked(batch)[0].item() < plain(batch)[0].item()
 
 
 def test_bce_loss_is_the_pointwise_objective(model):

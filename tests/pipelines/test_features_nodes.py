@@ -108,7 +108,12 @@ def test_item_popularity_counts_positives_and_keeps_every_item(spark):
         [(0, 0, 5.0, 1, 1), (1, 0, 5.0, 1, 1), (0, 1, 1.0, 1, 0), (1, 1, 5.0, 2, 1)], INTERACTIONS
     )
     items = spark.createDataFrame([("x", 0), ("y", 1), ("z", 2)], "item_id string, item_idx long")
-    assert [tuple(r) for r in item_popularity(train, items).collect()] == [(0, 2), (1, 1), (2, 0)]
+    # (item_idx, n_positive, n_rated): item 1 was rated twice, liked once
+    assert [tuple(r) for r in item_popularity(train, items).collect()] == [
+        (0, 2, 2),
+        (1, 1, 2),
+        (2, 0, 0),
+    ]
 
 
 def test_summary_counts_each_split_and_rejects_an_empty_one(spark):

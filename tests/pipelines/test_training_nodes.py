@@ -60,13 +60,23 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
     model = model_from_checkpoint(checkpoint)
     assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
     assert [m["step"] for m in history["train_loss"]] == [1, 2]
-    assert set(history) == {"train_loss", "val_loss", "val_auc", "train_samples_per_s"}
+    # No validation loss (an in-batch softmax is not comparable across batch sizes); the
+    # per-epoch retrieval metrics under MLflow-safe names.
+    assert set(history) == {
+        "train_loss",
+        "val_auc",
+        "train_samples_per_s",
+        "val_recall_at_10",
+        "val_ndcg_at_10",
+    }
     assert summary["world_size"] == 2 and summary["train_samples_per_s"] > 0
-    assert summary["best_epoch"] == 2
+    ndcg = summary["history"]["val_ndcg@10"]
+    assert summary["monitor"] == "val_ndcg@10"
+    assert summary["best_epoch"] == int(np.argmax(ndcg)) + 1  # the best validation epoch
     assert "checkpoint_path" not in summary
     assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
     figure = plot_training_curves(summary)
-    assert len(figure.axes) == 2  # loss (train + val) and AUC
+    assert len(figure.axes) == 4  # loss, AUC, recall@10, ndcg@10
 
 
 def test_two_tower_spec_rejects_a_popularity_table_of_another_index(tmp_path):
@@ -80,3 +90,22 @@ def test_train_model_names_the_parameter_and_its_file(tmp_path):
     spec = two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
     with pytest.raises(ValueError, match=r"epochs must be >= 1.*parameters_two_tower\.yml"):
         train_model(None, None, spec, _params(tmp_path, epochs=0))
+
+
+def test_two_tower_spec_takes_log_q_counts_from_the_chosen_column(tmp_path):
+    popularity = pd.DataFrame(
+        {"item_idx": range(4), "n_positive": [1, 0, 2, 0], "n_rated": [3, 1, 2, 5]}
+    )
+    stats = {"n_users": 3, "n_items": 4}
+
+    def counts(**overrides):
+        spec = two_tower_spec(stats, popularity, MODEL, _params(tmp_path, **overrides))
+        return spec_from_dict(spec).item_counts
+
+    assert counts() == (1, 0, 2, 0)  # default: positives
+    assert counts(log_q="candidates") == (3, 1, 2, 5)
+    assert counts(log_q="none") is None
+    with pytest.raises(ValueError, match=r"log_q must be one of .*parameters_two_tower\.yml"):
+        counts(log_q="items")
+    spec = two_tower_spec(stats, popularity, MODEL, _params(tmp_path, mask_same_user=True))
+    assert spec_from_dict(spec).mask_same_user is True

@@ -8,9 +8,10 @@ import torch
 from streaming import MDSWriter
 
 from recsys_kedro.mds import MDSFolder
-from recsys_kedro.models.two_tower import TwoTowerConfig, load_two_tower
+from recsys_kedro.models.checkpoint import load_checkpoint
+from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, load_two_tower
 from recsys_kedro.training.trainer import TrainConfig
-from recsys_kedro.training.two_tower import TwoTowerSpec
+from recsys_kedro.training.two_tower import RetrievalValidator, TwoTowerSpec
 
 from .spawn import fit_on_rank as train
 from .spawn import run_on_ranks
@@ -43,7 +44,7 @@ def mds_folders(tmp_path_factory):
     )
 
 
-def _config(folders, tmp_path, loss="softmax", temperature=0.1, **overrides):
+def _config(folders, tmp_path, loss="softmax", temperature=0.1, spec_overrides=None, **overrides):
     """(spec, train config) of a small run."""
     train_folder, val_folder = folders
     counts = np.bincount(
@@ -54,6 +55,7 @@ def _config(folders, tmp_path, loss="softmax", temperature=0.1, **overrides):
         loss=loss,
         temperature=temperature,
         item_counts=tuple(counts),
+        **(spec_overrides or {}),
     )
     kwargs = dict(
         train=train_folder,
@@ -83,9 +85,46 @@ def test_every_rank_returns_rank0_result(two_rank_run):
     _, (r0, r1) = two_rank_run
     assert r0 == r1
     assert r0["world_size"] == 2 and r0["epochs"] == 3
-    assert r0["best_epoch"] == 3 and r0["monitor"] is None  # the two-tower keeps its last epoch
     assert r0["train_pipeline"] == "plain" and r0["device"] == "cpu"
     assert len(r0["history"]["train_loss"]) == 3
+
+
+def test_each_epoch_is_judged_by_validation_retrieval_metrics(two_rank_run):
+    _, (r0, _) = two_rank_run
+    history = r0["history"]
+    assert "val_loss" not in history  # in-batch softmax: not comparable with train_loss
+    assert len(history["val_ndcg@10"]) == len(history["val_recall@10"]) == 3
+    assert all(0.0 <= v <= 1.0 for v in history["val_ndcg@10"] + history["val_recall@10"])
+    assert r0["monitor"] == "val_ndcg@10"
+    assert r0["best_epoch"] == int(np.argmax(history["val_ndcg@10"])) + 1
+
+
+def test_the_kept_weights_are_the_best_epochs(two_rank_run, mds_folders):
+    """Re-scoring the saved checkpoint reproduces the kept epoch's validation NDCG."""
+    (spec, _), (r0, _) = two_rank_run
+    checkpoint = load_checkpoint(r0["checkpoint_path"])
+    state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
+    metrics = RetrievalValidator.from_folders(spec, *mds_folders)(state)
+    kept = r0["history"]["val_ndcg@10"][r0["best_epoch"] - 1]
+    assert metrics["val_ndcg@10"] == pytest.approx(kept, abs=1e-6)
+
+
+def test_a_worse_last_epoch_is_not_kept(mds_folders, tmp_path):
+    """A learning rate that wrecks training after a good start: the best epoch is kept, and
+    patience stops the run."""
+    spec, config = _config(
+        mds_folders, tmp_path, epochs=6, embedding_lr=3.0, dense_lr=0.3, patience=2
+    )
+    (r0, _) = run_on_ranks(train, (spec, config), world_size=2, out_dir=tmp_path / "o")
+    ndcg = r0["history"]["val_ndcg@10"]
+    assert r0["best_epoch"] == int(np.argmax(ndcg)) + 1
+    assert r0["best_epoch"] < r0["epochs"], f"the scenario needs a worse last epoch: {ndcg}"
+    checkpoint = load_checkpoint(r0["checkpoint_path"])
+    state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
+    rescored = RetrievalValidator.from_folders(spec, *mds_folders)(state)["val_ndcg@10"]
+    assert rescored == pytest.approx(max(ndcg), abs=1e-6)
+    if r0["stopped_early"]:
+        assert r0["epochs"] == r0["best_epoch"] + 2
 
 
 def test_tables_are_sharded_across_both_ranks(two_rank_run):
@@ -131,3 +170,79 @@ def test_bce_loss_trains_too(mds_folders, tmp_path):
     config = _config(mds_folders, tmp_path, loss="bce", epochs=2, temperature=1.0)
     (r0, _) = run_on_ranks(train, config, world_size=2, out_dir=tmp_path / "o")
     assert r0["history"]["val_auc"][-1] > 0.6
+
+
+# ----------------------------------------------------------------------- the validator alone
+
+
+def _spec(**overrides):
+    return TwoTowerSpec(
+        model=TwoTowerConfig(N_USERS, N_ITEMS, embedding_dim=8, layer_sizes=(8,)), **overrides
+    )
+
+
+def test_validator_scores_like_the_test_evaluation():
+    """Same numbers as full_catalogue_topk_metrics on the model's own embeddings."""
+    from recsys_kedro.evaluation.retrieval import (
+        embedding_score_fn,
+        full_catalogue_topk_metrics,
+    )
+
+    torch.manual_seed(0)
+    spec = _spec(validation_ks=(5, 10))
+    model = build_two_tower(spec.model, device="cpu").eval()
+    state = {f"two_tower.{k}": v for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(1)
+    train_u, train_i = rng.integers(0, N_USERS, 200), rng.integers(0, N_ITEMS, 200)
+    val_u, val_i = rng.integers(0, N_USERS, 60), rng.integers(0, N_ITEMS, 60)
+    validator = RetrievalValidator(
+        spec, train_users=train_u, train_items=train_i, val_users=val_u, val_items=val_i
+    )
+    got = validator(state)
+    with torch.no_grad():
+        users = model.encode_users(torch.arange(N_USERS))
+        items = model.encode_items(torch.arange(N_ITEMS))
+    want = full_catalogue_topk_metrics(
+        embedding_score_fn(users, items), N_ITEMS, val_u, val_i, train_u, train_i, ks=(5, 10)
+    )
+    assert set(got) == {"val_recall@5", "val_ndcg@5", "val_recall@10", "val_ndcg@10"}
+    for key, value in got.items():
+        assert value == pytest.approx(want[key[len("val_") :]])
+
+
+def test_validator_samples_users_when_capped():
+    spec = _spec(validation_max_users=5, validation_seed=3)
+    rng = np.random.default_rng(2)
+    validator = RetrievalValidator(
+        spec,
+        train_users=rng.integers(0, N_USERS, 300),
+        train_items=rng.integers(0, N_ITEMS, 300),
+        val_users=np.arange(N_USERS),
+        val_items=np.arange(N_USERS) % N_ITEMS,
+    )
+    assert np.unique(validator.val_users).size == 5
+    assert set(validator.exclude_users) <= set(validator.val_users)
+
+
+def test_validator_needs_validation_positives():
+    with pytest.raises(ValueError, match="no positive interaction"):
+        RetrievalValidator(
+            _spec(),
+            train_users=np.array([0]),
+            train_items=np.array([0]),
+            val_users=np.array([], dtype=np.int64),
+            val_items=np.array([], dtype=np.int64),
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"monitor": "val_ndcg@20"}, "monitor must be"),
+        ({"validation_ks": ()}, "validation_ks"),
+        ({"validation_max_users": 0}, "validation_max_users"),
+    ],
+)
+def test_spec_rejects_bad_validation_settings(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _spec(**overrides)

@@ -7,7 +7,12 @@ from recsys_kedro.mds.block_writer import (
     to_blocks,
     write_mds_blocks,
 )
-from recsys_kedro.mds.reader import MDSCacheError, make_streaming_dataset, read_mds_columns
+from recsys_kedro.mds.reader import (
+    MDSCacheError,
+    make_streaming_dataset,
+    read_mds_columns,
+    read_mds_rows,
+)
 from recsys_kedro.mds.writer import (
     MDSExportError,
     MDSFolder,
@@ -34,6 +39,7 @@ __all__ = [
     "read_block_metadata",
     "read_mds_columns",
     "read_mds_folder",
+    "read_mds_rows",
     "to_blocks",
     "to_mosaic_uri",
     "write_mds",

@@ -179,3 +179,38 @@ def read_mds_columns(folder: MDSFolder) -> dict[str, np.ndarray]:
             os.remove(raw_path)
 
     return {name: _to_array(values[name], encodings[name]) for name in names}
+
+
+def read_mds_rows(folder: MDSFolder, columns: list[str]) -> dict[str, np.ndarray]:
+    """Scalar ``columns`` of every row of a folder, one 1-D array each, in index order.
+
+    Works for both layouts: a block-layout folder's per-block arrays are concatenated, so a
+    caller sees rows either way (for validation masks and evaluation of small-to-medium
+    splits; the whole columns are held in memory).
+
+    Raises:
+        KeyError: if a column is not in the folder (the message lists those it has).
+    """
+    from recsys_kedro.mds.block_format import BLOCK_ID, BLOCK_ROWS
+
+    available = [n for n in folder.columns if n not in (BLOCK_ID, BLOCK_ROWS) and "__" not in n]
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise KeyError(
+            f"{folder.source} has no column(s) {missing}; its scalar columns are {available}"
+        )
+    data = read_mds_columns(folder)
+    out: dict[str, np.ndarray] = {}
+    for name in columns:
+        values = data[name]
+        if folder.layout == "block":
+            parts = list(values) if values.dtype == object or values.ndim == 2 else [values]
+            out[name] = np.concatenate(parts) if parts else np.zeros(0)
+        else:
+            out[name] = np.asarray(values)
+    if folder.num_rows is not None and columns and out[columns[0]].size != folder.num_rows:
+        raise ValueError(
+            f"{folder.source}: read {out[columns[0]].size} rows, the index says "
+            f"{folder.num_rows}: the folder is incomplete or was rewritten while being read"
+        )
+    return out

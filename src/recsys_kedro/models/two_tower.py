@@ -182,7 +182,9 @@ class TwoTowerTrainTask(nn.Module):
         ``s_ij = <q_i, c_j> / temperature - log q(item_j)``, target ``j = i``. ``log q`` is
         the log of each item's probability of appearing as a positive (popularity), the
         sampling-bias correction of in-batch negatives; other rows holding the same item
-        (accidental hits) are masked out.
+        (accidental hits) are masked out, and with ``mask_same_user`` so are the other
+        positives of the same user (rows of one user often share a batch: pushing the
+        user's other liked items down as negatives fights the objective).
         ``bce``: binary cross-entropy of ``<q_i, c_i> / temperature`` against the label, as
         in the Databricks notebook.
 
@@ -196,9 +198,11 @@ class TwoTowerTrainTask(nn.Module):
         loss: str = "softmax",
         temperature: float = 0.05,
         item_log_q: torch.Tensor | None = None,
+        mask_same_user: bool = False,
     ) -> None:
         super().__init__()
         assert loss in LOSSES, f"loss must be one of {LOSSES}, got {loss!r}"
+        self.mask_same_user = bool(mask_same_user)
         assert temperature > 0, f"temperature must be > 0, got {temperature}"
         self.two_tower = two_tower
         self.loss_name = loss
@@ -217,8 +221,10 @@ class TwoTowerTrainTask(nn.Module):
         if self.loss_name == "bce":
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
         else:
-            items = batch.sparse_features[ITEM_FEATURE].values()
-            loss = self._sampled_softmax(query, candidate, items, labels)
+            features = batch.sparse_features
+            items = features[ITEM_FEATURE].values()
+            users = features[USER_FEATURE].values() if self.mask_same_user else None
+            loss = self._sampled_softmax(query, candidate, items, labels, users)
         return loss, (loss.detach(), logits.detach(), labels.detach())
 
     def _sampled_softmax(
@@ -227,7 +233,9 @@ class TwoTowerTrainTask(nn.Module):
         candidate: torch.Tensor,
         items: torch.Tensor,
         labels: torch.Tensor,
+        users: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Shapes: query, candidate ``(B, D)``; items, labels, users ``(B,)``."""
         positive = labels > 0.5
         if not bool(positive.any()):
             # Keep the graph (and so the sharded backward's collectives) intact.
@@ -239,7 +247,11 @@ class TwoTowerTrainTask(nn.Module):
         same_item = items[rows].unsqueeze(1) == items.unsqueeze(0)  # (P, B)
         own = torch.zeros_like(same_item)
         own[torch.arange(rows.shape[0]), rows] = True
-        scores = scores.masked_fill(same_item & ~own, float("-inf"))
+        masked = same_item
+        if users is not None:
+            # The same user's other liked items are not negatives for this positive.
+            masked = masked | ((users[rows].unsqueeze(1) == users.unsqueeze(0)) & positive)
+        scores = scores.masked_fill(masked & ~own, float("-inf"))
         return nn.functional.cross_entropy(scores, rows)
 
 

@@ -10,7 +10,9 @@ loss) and what its checkpoint holds. Everything else lives here, once:
   the row layout), turned into TorchRec ``Batch`` es;
 * fused row-wise Adagrad on every embedding table (applied in the backward pass), the
   planner's sharding plan given to ``DistributedModelParallel``, Adam on the dense part;
-* lock-step batches across ranks, a rank-0 progress bar, per-epoch validation loss and AUC;
+* lock-step batches across ranks, a rank-0 progress bar, per-epoch validation loss and AUC,
+  plus any metrics of the spec's own validator (e.g. full-catalogue Recall@K / NDCG@K for a
+  retrieval model, computed on rank 0 from the gathered weights);
 * the best epoch kept (``spec.monitor``) with optional early stopping: each rank keeps a copy
   of its own shards, so no gather is needed during training;
 * rank 0 gathers the sharded tables once and writes the checkpoint; every rank returns rank
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.batch import Batch, BatchLayout, batch_size
 from recsys_kedro.models.checkpoint import save_checkpoint
+from recsys_kedro.quiet import silence_known_noise
 from recsys_kedro.training.distributed import (
     DistContext,
     all_gather_arrays,
@@ -72,6 +76,13 @@ class ModelSpec(Protocol):
     monitor: str | None
     monitor_mode: str
 
+    # Optional members (looked up with getattr, so simple specs need not define them):
+    #   report_val_loss: bool = True. False drops ``val_loss`` from the history, for a loss
+    #     that is not comparable between training and validation (an in-batch softmax
+    #     depends on the batch size and on which rows share a batch).
+    #   make_validator(train, validation) -> Validator | None: called once, on rank 0; the
+    #     validator's metrics join the per-epoch history (and can be the monitor).
+
     def build_task(self, device: torch.device) -> nn.Module:
         """The train task: embedding collections on the ``meta`` device (the sharder allocates
         each shard on its rank), every dense parameter initialised on ``device``.
@@ -81,6 +92,14 @@ class ModelSpec(Protocol):
     def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The checkpoint to save, from the task's full (gathered) state dict."""
         ...
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """Per-epoch validation metrics computed on rank 0 from the full (gathered) state dict
+    of the train task, e.g. ``{"val_ndcg@10": 0.12}``. Keys must start with ``val_``."""
+
+    def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,24 @@ def make_loader(
         drop_last=drop_last,
         num_workers=0,
     )
+
+
+def steps_per_epoch(
+    folder: MDSFolder, loader: Iterable, config: TrainConfig, world_size: int
+) -> int | None:
+    """Training steps of one epoch on each rank (the progress bar's total).
+
+    Exact for a loader with a length; for the block layout, the rows split evenly over the
+    ranks (blocks are dealt whole, and lock-step ends the epoch on every rank when the first
+    rank runs out, so the true count can be slightly lower).
+    """
+    if hasattr(loader, "__len__"):
+        return len(loader)
+    if folder.num_rows is None:
+        return None
+    per_rank = folder.num_rows / max(world_size, 1)
+    steps = per_rank / config.batch_size
+    return max(int(steps) if config.drop_last else math.ceil(steps), 0)
 
 
 def _batches(
@@ -343,8 +380,9 @@ def _train_epoch(
             loss_sum += loss.double() * n
             rows += n
             bar.update(1)
-            if bar.n % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+            if bar.n % 50 == 0 and not bar.disable:
+                # refresh=False: shown at the bar's next (rate-limited) redraw, not now.
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
     return float(loss_sum), rows
 
 
@@ -381,6 +419,60 @@ def evaluate(
     }
 
 
+def _show_epoch_lines(ctx: DistContext) -> None:
+    """Rank 0's per-epoch line reaches the console: a rank started by TorchDistributor is a
+    fresh process whose logging is not configured (INFO would be dropped). A process that
+    configured logging itself (a notebook, a test) keeps its own set-up."""
+    if ctx.is_main and not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _on_main(fn, ctx: DistContext):
+    """``fn()`` on rank 0, its result broadcast to every rank. If it raises, every rank
+    raises (rank 0 the original error), so no rank is left waiting in a collective."""
+    outcome: tuple[bool, Any] | None = None
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            outcome = (True, fn())
+        except Exception as exc:  # re-raised below, after the other ranks are told
+            error = exc
+            outcome = (False, f"{type(exc).__name__}: {exc}")
+    ok, value = broadcast_from_main(outcome)
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
+
+
+def _make_validator(spec: ModelSpec, config: TrainConfig) -> Validator | None:
+    make = getattr(spec, "make_validator", None)
+    return None if make is None else make(config.train, config.validation)
+
+
+def _run_validator(
+    validator: Validator | None, model: nn.Module, ctx: DistContext
+) -> dict[str, float]:
+    """The validator's metrics on every rank: the tables are gathered (a collective), rank 0
+    computes, the result is broadcast. The gather costs one copy of the model on rank 0."""
+    state = gather_full_state_dict(model, ctx)
+
+    def compute() -> dict[str, float]:
+        assert validator is not None
+        metrics = {k: float(v) for k, v in validator(state).items()}
+        bad = [k for k in metrics if not k.startswith("val_")]
+        if bad:
+            raise ValueError(f"validator metric names must start with 'val_', got {bad}")
+        return metrics
+
+    return _on_main(compute, ctx)
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -395,8 +487,9 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
     """Train ``spec``'s model on this rank; return rank 0's result on every rank.
 
-    Returns a dictionary with ``history`` (per-epoch ``train_loss``, ``val_loss``,
-    ``val_auc``, ``train_samples_per_s``), ``best_epoch`` (the epoch whose weights were
+    Returns a dictionary with ``history`` (per-epoch ``train_loss``, ``val_loss`` unless the
+    spec drops it, ``val_auc``, ``train_samples_per_s`` and the spec validator's metrics),
+    ``best_epoch`` (the epoch whose weights were
     saved), ``epochs`` (epochs run), ``stopped_early``, ``train_samples_per_s`` (rows per
     second over all training steps of all ranks), ``world_size``, ``global_batch_size``,
     ``n_train_rows_seen``, ``device``, ``train_pipeline``, ``sharding`` (table -> placement)
@@ -404,30 +497,42 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
     """
     if spec.monitor_mode not in ("max", "min"):
         raise ValueError(f"monitor_mode must be 'max' or 'min', got {spec.monitor_mode!r}")
+    silence_known_noise()  # a fresh rank process: TorchRec's known deprecation notes
     ctx = init_distributed(config.use_gpu)
+    _show_epoch_lines(ctx)
     try:
         seed_everything(config.seed)
         model, optimizer, plan = build_sharded_model(spec, config, ctx)
         layout = spec.layout
         train_loader = make_loader(config.train, layout, config, train=True, split="train")
         val_loader = make_loader(config.validation, layout, config, train=False, split="validation")
-        history: dict[str, list[float]] = {
-            "train_loss": [],
-            "val_loss": [],
-            "val_auc": [],
-            "train_samples_per_s": [],
-        }
+        report_val_loss = bool(getattr(spec, "report_val_loss", True))
+        history: dict[str, list[float]] = {"train_loss": []}
+        if report_val_loss:
+            history["val_loss"] = []
+        history["val_auc"] = []
+        history["train_samples_per_s"] = []
+        validator: Validator | None = None
+
+        def make() -> bool:
+            nonlocal validator
+            validator = _make_validator(spec, config)
+            return validator is not None
+
+        has_validator = _on_main(make, ctx)
         best: tuple[float | None, int, dict[str, Any] | None] = (None, 0, None)
         total_rows, total_seconds, stale = 0.0, 0.0, 0
         stopped_early = False
         for epoch in range(1, config.epochs + 1):
             model.train()
             bar = tqdm(
-                total=len(train_loader) if hasattr(train_loader, "__len__") else None,
+                total=steps_per_epoch(config.train, train_loader, config, ctx.world_size),
                 desc=f"{spec.name} epoch {epoch}/{config.epochs}",
+                unit="batch",
                 disable=not (ctx.is_main and config.progress),
                 leave=False,
-                mininterval=2.0,
+                # A log file gets a line per redraw: redraw rarely there.
+                mininterval=2.0 if sys.stderr.isatty() else 30.0,
             )
             start = time.perf_counter()
             batches = _batches(train_loader, layout, ctx, until="any_done")
@@ -444,20 +549,24 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                 )
             val = evaluate(model, val_loader, layout, ctx)
             history["train_loss"].append(g_loss / g_rows)
-            history["val_loss"].append(val["loss"])
+            if report_val_loss:
+                history["val_loss"].append(val["loss"])
             history["val_auc"].append(val["auc"])
             history["train_samples_per_s"].append(g_rows / max(epoch_seconds, 1e-9))
+            if has_validator:
+                extra = _run_validator(validator, model, ctx)
+                for key, value in extra.items():
+                    history.setdefault(key, []).append(float(value))
             total_rows += g_rows
             total_seconds += epoch_seconds
             if ctx.is_main:
+                shown = [k for k in history if k != "train_samples_per_s"]
                 logger.info(
-                    "%s epoch %d/%d: train_loss=%.4f val_loss=%.4f val_auc=%.4f (%.0f rows/s)",
+                    "%s epoch %d/%d: %s (%.0f rows/s)",
                     spec.name,
                     epoch,
                     config.epochs,
-                    history["train_loss"][-1],
-                    val["loss"],
-                    val["auc"],
+                    " ".join(f"{k}={history[k][-1]:.4f}" for k in shown),
                     history["train_samples_per_s"][-1],
                 )
             if not math.isfinite(history["train_loss"][-1]):
@@ -467,6 +576,11 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                 )
             if spec.monitor is None:
                 continue
+            if spec.monitor not in history:
+                raise KeyError(
+                    f"{spec.name}: the monitored metric {spec.monitor!r} is not computed; "
+                    f"the per-epoch metrics are {sorted(history)}"
+                )
             value = history[spec.monitor][-1]
             if _improved(value, best[0], spec.monitor_mode):
                 # Every rank copies its own shards: nothing crosses the network.

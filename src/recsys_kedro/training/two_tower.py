@@ -1,7 +1,9 @@
 """What the shared trainer needs to know about the two-tower model (:class:`TwoTowerSpec`).
 
 ``fit(TwoTowerSpec(...), TrainConfig(...))`` (:mod:`recsys_kedro.training.trainer`) trains it:
-the user and item tables are sharded across ranks, the towers are data-parallel.
+the user and item tables are sharded across ranks, the towers are data-parallel. Each epoch
+is judged by full-catalogue Recall@K / NDCG@K on the validation split
+(:class:`RetrievalValidator`), and the best epoch is kept.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
+from recsys_kedro.mds import MDSFolder, read_mds_rows
 from recsys_kedro.models.batch import BatchLayout
 from recsys_kedro.models.two_tower import (
     BATCH_LAYOUT,
@@ -22,6 +27,7 @@ from recsys_kedro.models.two_tower import (
     build_two_tower,
     item_log_q_from_counts,
     make_checkpoint,
+    model_from_checkpoint,
 )
 
 #: The prefix of the two-tower's weights in the train task's state dict.
@@ -32,20 +38,46 @@ _PREFIX = "two_tower."
 class TwoTowerSpec:
     """The two-tower model and its loss, as the shared trainer sees them (picklable).
 
-    ``item_counts`` (positives per item index) feed the log-q correction of the softmax
-    loss; ``None`` trains without it. The last epoch is kept (``monitor=None``): choosing an
-    epoch on pointwise validation AUC would not choose for retrieval quality.
+    ``item_counts`` (per item index: how often it appears as a candidate, or as a positive)
+    feed the log-q correction of the softmax loss; ``None`` trains without it.
+    ``mask_same_user`` keeps a user's other positives out of its in-batch negatives.
+    Each epoch, :class:`RetrievalValidator` computes
+    ``val_recall@K`` / ``val_ndcg@K`` for every K of ``validation_ks`` (full catalogue,
+    the user's train items masked; ``validation_max_users`` caps the users scored, a seeded
+    sample, for large data); ``monitor`` picks the epoch kept (``None``: the last one).
+    The validation loss is not reported: an in-batch softmax over a validation batch of
+    another size, and of rows in another order, is not comparable with the training loss.
     """
 
     model: TwoTowerConfig
     loss: str = "softmax"
     temperature: float = 0.05
     item_counts: tuple[int, ...] | None = None
+    mask_same_user: bool = False
     name: str = "two_tower"
-    monitor: str | None = None
+    monitor: str | None = "val_ndcg@10"
     monitor_mode: str = "max"
+    validation_ks: tuple[int, ...] = (10,)
+    validation_max_users: int | None = None
+    validation_seed: int = 0
+
+    report_val_loss = False  # a class attribute read by the trainer, not a field
 
     def __post_init__(self) -> None:
+        ks = tuple(int(k) for k in self.validation_ks)
+        if not ks or min(ks) < 1:
+            raise ValueError(f"validation_ks must be cut-offs K >= 1, got {self.validation_ks}")
+        object.__setattr__(self, "validation_ks", ks)
+        if self.validation_max_users is not None and int(self.validation_max_users) < 1:
+            raise ValueError(
+                f"validation_max_users must be >= 1 or None, got {self.validation_max_users}"
+            )
+        allowed = {f"val_{m}@{k}" for m in ("recall", "ndcg") for k in ks} | {"val_auc"}
+        if self.monitor is not None and self.monitor not in allowed:
+            raise ValueError(
+                f"monitor must be None or one of {sorted(allowed)} (the per-epoch validation "
+                f"metrics), got {self.monitor!r}"
+            )
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
@@ -73,17 +105,26 @@ class TwoTowerSpec:
                 if isinstance(m, nn.Linear):
                     m.reset_parameters()
         return TwoTowerTrainTask(
-            two_tower, loss=self.loss, temperature=self.temperature, item_log_q=log_q
+            two_tower,
+            loss=self.loss,
+            temperature=self.temperature,
+            item_log_q=log_q,
+            mask_same_user=self.mask_same_user,
         )
 
     def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         towers = {k[len(_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
         return make_checkpoint(self.model, towers)
 
+    def make_validator(self, train: MDSFolder, validation: MDSFolder) -> RetrievalValidator:
+        """Read the masks and the validation positives once (rank 0); see the class."""
+        return RetrievalValidator.from_folders(self, train, validation)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (JSON): what the training node receives from the spec node."""
         out = dataclasses.asdict(self)
         out["item_counts"] = list(self.item_counts) if self.item_counts is not None else None
+        out["validation_ks"] = list(self.validation_ks)
         return out
 
     @classmethod
@@ -91,4 +132,91 @@ class TwoTowerSpec:
         data = dict(data)
         model = TwoTowerConfig(**data.pop("model"))
         counts = data.pop("item_counts", None)
+        if "validation_ks" in data:
+            data["validation_ks"] = tuple(data["validation_ks"])
         return cls(model=model, item_counts=tuple(counts) if counts is not None else None, **data)
+
+
+class RetrievalValidator:
+    """Full-catalogue Recall@K / NDCG@K of a two-tower state dict on the validation split.
+
+    Relevant items are the validation positives (``label == 1``); the user's training
+    items are masked; the ranking rules are :mod:`recsys_kedro.evaluation.retrieval`'s,
+    the same as the test evaluation's. Keys: ``val_recall@K``, ``val_ndcg@K``.
+    """
+
+    def __init__(
+        self,
+        spec: TwoTowerSpec,
+        *,
+        train_users: np.ndarray,
+        train_items: np.ndarray,
+        val_users: np.ndarray,
+        val_items: np.ndarray,
+        batch_size: int = 1024,
+    ) -> None:
+        self.spec = spec
+        self.batch_size = batch_size
+        self.exclude_users = np.asarray(train_users, dtype=np.int64)
+        self.exclude_items = np.asarray(train_items, dtype=np.int64)
+        users = np.asarray(val_users, dtype=np.int64)
+        items = np.asarray(val_items, dtype=np.int64)
+        cap = spec.validation_max_users
+        if cap is not None and np.unique(users).size > cap:
+            rng = np.random.default_rng(spec.validation_seed)
+            keep = rng.choice(np.unique(users), size=int(cap), replace=False)
+            mask = np.isin(users, keep)
+            users, items = users[mask], items[mask]
+            # Only the sampled users are scored: their masks are all that is needed.
+            mask = np.isin(self.exclude_users, keep)
+            self.exclude_users, self.exclude_items = (
+                self.exclude_users[mask],
+                self.exclude_items[mask],
+            )
+        if users.size == 0:
+            raise ValueError(
+                "the validation split has no positive interaction: per-epoch retrieval "
+                "metrics (and the choice of the epoch to keep) need some"
+            )
+        self.val_users, self.val_items = users, items
+
+    @classmethod
+    def from_folders(
+        cls, spec: TwoTowerSpec, train: MDSFolder, validation: MDSFolder
+    ) -> RetrievalValidator:
+        train_cols = read_mds_rows(train, ["user_idx", "item_idx"])
+        val_cols = read_mds_rows(validation, ["user_idx", "item_idx", "label"])
+        positive = val_cols["label"] == 1
+        return cls(
+            spec,
+            train_users=train_cols["user_idx"],
+            train_items=train_cols["item_idx"],
+            val_users=val_cols["user_idx"][positive],
+            val_items=val_cols["item_idx"][positive],
+        )
+
+    def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+        model = model_from_checkpoint(self.spec.checkpoint(state_dict))
+        users = np.unique(self.val_users)
+        with torch.no_grad():
+            # Only the users scored need a query embedding; the rest stay zero.
+            user_emb = torch.zeros(self.spec.model.num_users, self.spec.model.output_dim)
+            for chunk in torch.as_tensor(users).split(65536):
+                user_emb[chunk] = model.encode_users(chunk)
+            item_emb = torch.cat(
+                [
+                    model.encode_items(chunk)
+                    for chunk in torch.arange(self.spec.model.num_items).split(65536)
+                ]
+            )
+        metrics = full_catalogue_topk_metrics(
+            embedding_score_fn(user_emb, item_emb),
+            n_items=self.spec.model.num_items,
+            test_users=self.val_users,
+            test_items=self.val_items,
+            exclude_users=self.exclude_users,
+            exclude_items=self.exclude_items,
+            ks=self.spec.validation_ks,
+            batch_size=self.batch_size,
+        )
+        return {f"val_{k}": v for k, v in metrics.items() if "@" in k}

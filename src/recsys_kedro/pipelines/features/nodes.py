@@ -137,19 +137,25 @@ def split_interactions(
 
 
 def item_popularity(train: DataFrame, item_index: DataFrame) -> DataFrame:
-    """Positive training interactions per item index (0 for items never liked in train).
+    """Training interactions per item index: ``n_positive`` (liked) and ``n_rated`` (every
+    train row), 0 for items absent from train.
 
-    Used by the log-q correction of the sampled softmax and by the popularity baseline.
+    ``n_positive`` feeds the popularity baseline; either count can feed the log-q correction
+    of the sampled softmax (``n_rated`` describes the in-batch candidates: every train row,
+    liked or not, serves as one).
     """
-    positives = (
-        train.where(F.col("label") == 1)
-        .groupBy("item_idx")
-        .agg(F.count("*").cast("long").alias("n_positive"))
+    counts = train.groupBy("item_idx").agg(
+        F.sum(F.when(F.col("label") == 1, 1).otherwise(0)).cast("long").alias("n_positive"),
+        F.count("*").cast("long").alias("n_rated"),
     )
     return (
         item_index.select("item_idx")
-        .join(positives, "item_idx", "left")
-        .select("item_idx", F.coalesce("n_positive", F.lit(0)).alias("n_positive"))
+        .join(counts, "item_idx", "left")
+        .select(
+            "item_idx",
+            F.coalesce("n_positive", F.lit(0)).cast("long").alias("n_positive"),
+            F.coalesce("n_rated", F.lit(0)).cast("long").alias("n_rated"),
+        )
         .orderBy("item_idx")
     )
 

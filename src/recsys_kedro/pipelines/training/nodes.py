@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.checkpoint import load_checkpoint
+from recsys_kedro.pipelines.reporting import mlflow_metric_name
 from recsys_kedro.training.launch import launch, resolve_use_gpu
 from recsys_kedro.training.specs import spec_from_dict
 from recsys_kedro.training.trainer import TrainConfig, fit
@@ -77,14 +78,16 @@ def train_model(
         )
     except RuntimeError as exc:
         raise RuntimeError(
-            f"{exc} Re-run from this node once fixed: `kedro run --pipeline="
+            f"{exc} Re-run from this node once fixed: `kedro run --pipelines="
             f"{spec.name.split('.')[0]} --from-nodes={spec.name}.training.train_model`."
         ) from exc
     checkpoint = load_checkpoint(result["checkpoint_path"])
     fs, path = fsspec.core.url_to_fs(result["checkpoint_path"])
     fs.rm(path)  # the catalog saves the model; the staging copy is not kept
     history = {
-        name: [{"step": epoch, "value": float(v)} for epoch, v in enumerate(values, start=1)]
+        mlflow_metric_name(name): [
+            {"step": epoch, "value": float(v)} for epoch, v in enumerate(values, start=1)
+        ]
         for name, values in result["history"].items()
     }
     summary = {k: v for k, v in result.items() if k != "checkpoint_path"}
@@ -99,6 +102,7 @@ def train_model(
 
 
 def plot_training_curves(training_summary: dict[str, Any]) -> Figure:
-    """Loss and validation AUC against epoch; the kept epoch is marked."""
+    """Loss, validation AUC and any per-epoch validation metric against epoch; the kept
+    epoch is marked."""
     history = {k: v for k, v in training_summary["history"].items() if k != "train_samples_per_s"}
     return training_curves_figure(history, best_epoch=training_summary.get("best_epoch"))

@@ -10,6 +10,25 @@ from recsys_kedro.models.two_tower import TwoTowerConfig
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import TwoTowerSpec
 
+LOG_Q_SOURCES = {"positives": "n_positive", "candidates": "n_rated", "none": None}
+
+
+def _log_q_counts(popularity: pd.DataFrame, source: str) -> tuple[int, ...] | None:
+    if source not in LOG_Q_SOURCES:
+        raise ValueError(
+            f"two_tower.training.log_q must be one of {sorted(LOG_Q_SOURCES)}, got {source!r} "
+            "(conf/base/parameters_two_tower.yml)"
+        )
+    column = LOG_Q_SOURCES[source]
+    if column is None:
+        return None
+    if column not in popularity:
+        raise ValueError(
+            f"item_popularity has no {column!r} column: re-run the features stage "
+            "(`kedro run --pipelines=two_tower --namespaces=two_tower.features`)"
+        )
+    return tuple(int(c) for c in popularity[column])
+
 
 def two_tower_spec(
     split_statistics: dict[str, Any],
@@ -21,9 +40,14 @@ def two_tower_spec(
 
     Args:
         split_statistics: from ``summarise_splits``: the sizes of the user and item indexes.
-        item_popularity: ``item_idx, n_positive`` (log-q correction of the softmax loss).
+        item_popularity: ``item_idx, n_positive, n_rated`` (log-q correction of the softmax
+            loss: ``training.log_q`` picks ``candidates`` = every train row, ``positives``
+            or ``none``).
         model_params: ``embedding_dim``, ``layer_sizes``, ``normalize``.
-        training_params: ``loss`` and ``temperature``.
+        training_params: ``loss``, ``temperature``, ``log_q``, ``mask_same_user``,
+            ``monitor`` (the per-epoch validation metric that picks the epoch kept, e.g.
+            ``val_ndcg@10``; null: the last epoch) and ``validation`` (``ks``,
+            ``max_users``, ``seed``).
 
     Returns:
         The spec as plain values (``spec_to_dict``), which the training node reads.
@@ -33,9 +57,10 @@ def two_tower_spec(
     if len(popularity) != n_items or (popularity["item_idx"].to_numpy() != range(n_items)).any():
         raise ValueError(
             f"item_popularity covers {len(popularity)} items, the index {n_items}: re-run the "
-            "features stage (`kedro run --pipeline=two_tower --namespaces=two_tower.features`) "
+            "features stage (`kedro run --pipelines=two_tower --namespaces=two_tower.features`) "
             "so both come from the same item index"
         )
+    validation = dict(training_params.get("validation") or {})
     try:
         spec = TwoTowerSpec(
             model=TwoTowerConfig(
@@ -47,7 +72,12 @@ def two_tower_spec(
             ),
             loss=training_params["loss"],
             temperature=float(training_params["temperature"]),
-            item_counts=tuple(int(c) for c in popularity["n_positive"]),
+            item_counts=_log_q_counts(popularity, training_params.get("log_q", "positives")),
+            mask_same_user=bool(training_params.get("mask_same_user", False)),
+            monitor=training_params.get("monitor", "val_ndcg@10"),
+            validation_ks=tuple(validation.get("ks", (10,))),
+            validation_max_users=validation.get("max_users"),
+            validation_seed=int(validation.get("seed", 0)),
         )
     except ValueError as exc:
         raise ValueError(
