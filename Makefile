@@ -45,7 +45,7 @@ $(STAMPS)/data.stamp: $(STAMPS)/venv.stamp scripts/fetch_movielens.py
 	@touch $@
 
 run: setup
-	$(VENV)/bin/kedro run --pipeline=$(PIPELINE)
+	$(VENV)/bin/kedro run --pipelines=$(PIPELINE)
 
 test: setup
 	$(VENV)/bin/ruff check src tests scripts

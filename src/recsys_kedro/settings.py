@@ -3,6 +3,10 @@
 from kedro.config import OmegaConfigLoader
 
 from recsys_kedro.hooks import SparkHooks
+from recsys_kedro.quiet import silence_known_noise
+
+# Known, understood third-party deprecation notes (listed in recsys_kedro/quiet.py).
+silence_known_noise()
 
 # kedro-mlflow registers its own hooks through its plugin entry point.
 HOOKS = (SparkHooks(),)

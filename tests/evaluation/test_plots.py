@@ -59,6 +59,33 @@ def test_metrics_at_k_figure(tmp_path):
     _png_ok(fig, tmp_path / "metrics.png")
 
 
+ALS = {k: v * 1.5 for k, v in BASELINE.items()}
+
+
+def test_metrics_at_k_figure_draws_every_baseline(tmp_path):
+    fig = metrics_at_k_figure(
+        MODEL, BASELINE, KS, model_name="tt", baseline_name="pop", more_baselines={"als": ALS}
+    )
+    for ax, metric in zip(fig.get_axes(), ("recall", "ndcg"), strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["tt", "pop", "als"]
+        assert len({line.get_marker() for line in lines}) == 3
+        assert [line.get_linestyle() for line in lines] == ["-", "--", "--"]
+        np.testing.assert_allclose(lines[2].get_ydata(), [ALS[f"{metric}@{k}"] for k in KS])
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["tt", "pop", "als"]
+    assert "als" in fig.get_suptitle()
+    _png_ok(fig, tmp_path / "three.png")
+
+
+def test_metrics_at_k_figure_needs_distinct_names():
+    with pytest.raises(ValueError, match="own name"):
+        metrics_at_k_figure(MODEL, BASELINE, KS, more_baselines={"most popular": ALS})
+    with pytest.raises(ValueError, match=r"als metrics lack \['recall@20', 'recall@100'\]"):
+        metrics_at_k_figure(
+            MODEL, BASELINE, KS, more_baselines={"als": {"recall@10": 0.1, "ndcg@10": 0.1}}
+        )
+
+
 def test_metrics_at_k_figure_missing_key():
     with pytest.raises(ValueError, match=r"ndcg@100"):
         metrics_at_k_figure(MODEL, {k: v for k, v in BASELINE.items() if k != "ndcg@100"}, KS)

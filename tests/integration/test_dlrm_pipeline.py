@@ -90,6 +90,8 @@ def test_mlflow_run_has_params_curves_and_a_loadable_model(pipeline_run):
     assert run.data.params["dlrm.model.architecture"] == "dlrm"
     assert len(client.get_metric_history(run.info.run_id, "dlrm.val_auc")) >= 1
     assert "dlrm.test_auc_ratio" in run.data.metrics
+    assert run.data.tags["dlrm.architecture"] == "dlrm"  # a setting: a tag, not a metric
+    assert "dlrm.test_n_train" not in run.data.metrics and "dlrm.n_train" in run.data.tags
     local = mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="model/dlrm.pt", tracking_uri=uri
     )

@@ -79,12 +79,19 @@ def test_metrics_file_has_every_key(pipeline_run):
     for key in (
         "test_auc", "recall@10", "ndcg@10", "recall@100", "popularity_recall@10",
         "popularity_ndcg@10", "train_samples_per_s", "epochs", "n_train", "n_test",
+        "als_recall@10", "als_ndcg@100", "als_rank",
     ):  # fmt: skip
         assert key in metrics, key
-    assert metrics["epochs"] == 2 and metrics["best_epoch"] == 2  # the last epoch is kept
+    summary = json.loads((root / "data/06_models/two_tower_training_summary.json").read_text())
+    ndcg = summary["history"]["val_ndcg@10"]
+    assert metrics["epochs"] == 2 == len(ndcg)
+    assert metrics["best_epoch"] == int(np.argmax(ndcg)) + 1  # chosen on validation
     assert 0.0 <= metrics["recall@10"] <= 1.0 and metrics["train_samples_per_s"] > 0
     assert metrics["test_auc"] > 0.6  # the clusters are learnable within two epochs
     assert (root / "data/08_reporting/two_tower_metrics_at_k.png").stat().st_size > 0
+    als = json.loads((root / "data/08_reporting/two_tower_als_baseline.json").read_text())
+    assert als["enabled"] and len(als["validation"]) == 8  # the default grid, tuned in Spark
+    assert als["test"]["ndcg@10"] == metrics["als_ndcg@10"]
     assert (root / "data/08_reporting/two_tower_training_curves.png").stat().st_size > 0
 
 
@@ -126,7 +133,15 @@ def test_mlflow_run_has_params_curves_and_artifacts(pipeline_run):
     history = client.get_metric_history(run.info.run_id, "two_tower.train_loss")
     assert [m.step for m in history] == [1, 2]
     assert "two_tower.test_recall_at_10" in run.data.metrics
+    assert "two_tower.test_als_ndcg_at_10" in run.data.metrics
     assert "two_tower.val_auc" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "two_tower.val_ndcg_at_10")) == 2
+    # counts and settings are tags, not metrics
+    assert run.data.tags["two_tower.n_train"] == str(
+        json.loads((root / "data/08_reporting/two_tower_metrics.json").read_text())["n_train"]
+    )
+    assert "two_tower.test_n_train" not in run.data.metrics
+    assert "two_tower.als_rank" in run.data.tags
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "embeddings", "plots"} <= artifacts
     local = mlflow.artifacts.download_artifacts(

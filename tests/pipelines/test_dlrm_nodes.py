@@ -116,7 +116,7 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
         "world_size": 2,
         "history": {"val_auc": [0.5, 0.49], "train_loss": [0.7, 0.6], "val_loss": [0.7, 0.7]},
     }
-    metrics, mlflow_metrics, figure = evaluate_ranking(
+    metrics, mlflow_metrics, tags, figure = evaluate_ranking(
         checkpoint, train_pd, val_pd, test_pd, summary, {"seed": 0}
     )
     for key in (
@@ -130,6 +130,9 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     assert metrics["logreg_auc"] > 0.55  # the dense features carry part of the signal
     assert metrics["n_test"] == len(test_pd) and metrics["architecture"] == "dlrm"
     assert "test_auc_ratio" in mlflow_metrics and "test_architecture" not in mlflow_metrics
+    # counts and settings are run tags, not one-point metric charts
+    assert tags["architecture"] == "dlrm" and tags["n_train"] == len(train_pd)
+    assert not {"test_n_train", "test_best_epoch", "test_world_size"} & set(mlflow_metrics)
     probabilities = score_split(model_from_checkpoint(checkpoint), test_pd.iloc[:10])
     assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
     assert len(figure.axes) == 2  # AUC against the oracle line, losses

@@ -23,33 +23,47 @@ def _metric_curve(metrics: Mapping[str, float], name: str, ks: Sequence[int], wh
     return [float(metrics[f"{name}@{k}"]) for k in ks]
 
 
+_BASELINE_MARKERS = ("s", "^", "D", "v", "P", "X")
+
+
 def metrics_at_k_figure(
     model: Mapping[str, float],
     baseline: Mapping[str, float],
     ks: Sequence[int],
     model_name: str = "two-tower",
     baseline_name: str = "most popular",
+    *,
+    more_baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Figure:
-    """Two panels, Recall@K and NDCG@K against K, model vs baseline.
+    """Two panels, Recall@K and NDCG@K against K: the model and its baselines, one line each.
 
-    ``model`` and ``baseline`` are dictionaries as returned by
+    ``model``, ``baseline`` and every value of ``more_baselines`` (name -> metrics, drawn in
+    its order after ``baseline``) are dictionaries as returned by
     :func:`recsys_kedro.evaluation.retrieval.full_catalogue_topk_metrics` and must hold
-    ``recall@K`` and ``ndcg@K`` for every K in ``ks``.
+    ``recall@K`` and ``ndcg@K`` for every K in ``ks``. The model is the solid line, the
+    baselines are dashed.
     """
     ks = sorted({int(k) for k in ks})
     if not ks:
         raise ValueError("ks must hold at least one cut-off K")
+    baselines = {baseline_name: baseline, **(more_baselines or {})}
+    if model_name in baselines or len(baselines) != 1 + len(more_baselines or {}):
+        raise ValueError(
+            f"every line needs its own name, got {[model_name, baseline_name]} and "
+            f"{list(more_baselines or {})}"
+        )
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (metric, label) in zip(axes, (("recall", "Recall"), ("ndcg", "NDCG")), strict=True):
         ax.plot(ks, _metric_curve(model, metric, ks, model_name), marker="o", label=model_name)
-        ax.plot(
-            ks,
-            _metric_curve(baseline, metric, ks, baseline_name),
-            marker="s",
-            linestyle="--",
-            label=baseline_name,
-        )
+        for i, (name, metrics) in enumerate(baselines.items()):
+            ax.plot(
+                ks,
+                _metric_curve(metrics, metric, ks, name),
+                marker=_BASELINE_MARKERS[i % len(_BASELINE_MARKERS)],
+                linestyle="--",
+                label=name,
+            )
         ax.set_xticks(ks)
         ax.set_xlabel("K")
         ax.set_ylabel(f"{label}@K")
@@ -57,7 +71,7 @@ def metrics_at_k_figure(
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Full-catalogue retrieval: {model_name} vs {baseline_name}")
+    fig.suptitle(f"Full-catalogue retrieval: {model_name} vs {', '.join(baselines)}")
     return fig
 
 

@@ -27,6 +27,7 @@ from recsys_kedro.models.ranking import (
     model_from_checkpoint,
     predict_proba,
 )
+from recsys_kedro.pipelines.reporting import metrics_and_tags
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_to_dict
@@ -188,14 +189,15 @@ def evaluate_ranking(
     test: pd.DataFrame,
     training_summary: dict[str, Any],
     params: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, dict[str, float]], Figure]:
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, Any], Figure]:
     """Test AUC / log loss of the model, of the planted probabilities (the oracle) and of a
     logistic regression on the dense features (the floor); ``auc_ratio = test_auc /
     oracle_auc``.
 
     Returns:
-        The metrics dictionary (``dlrm_metrics.json``), the same numbers for MLflow, and a plot
-        of validation AUC per epoch against the oracle's validation AUC.
+        The metrics dictionary (``dlrm_metrics.json``), its quality numbers for MLflow
+        metrics, its counts and settings for MLflow tags, and a plot of validation AUC per
+        epoch against the oracle's validation AUC.
     """
     ranker = model_from_checkpoint(model)
     config = ranker.config
@@ -236,11 +238,7 @@ def evaluate_ranking(
         metrics["test_logloss"],
         metrics["oracle_logloss"],
     )
-    mlflow_metrics = {
-        f"test_{k}" if not k.startswith("test_") else k: {"step": 0, "value": float(v)}
-        for k, v in metrics.items()
-        if isinstance(v, int | float)
-    }
+    mlflow_metrics, run_tags = metrics_and_tags(metrics)
     oracle_val = ranking_metrics(validation["label"].to_numpy(), validation["p_true"].to_numpy())
     history = training_summary["history"]
     figure = training_curves_figure(
@@ -256,7 +254,7 @@ def evaluate_ranking(
         },
         title=f"DLRM ({config.architecture}): validation against the planted optimum",
     )
-    return metrics, mlflow_metrics, figure
+    return metrics, mlflow_metrics, run_tags, figure
 
 
 __all__ = [

@@ -63,7 +63,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "training_summary",
                     "params:evaluation",
                 ],
-                outputs=["metrics", "test_metrics", "auc_vs_oracle"],
+                outputs=["metrics", "test_metrics", "run_tags", "auc_vs_oracle"],
                 name="evaluate_ranking",
             )
         ],

@@ -1,15 +1,16 @@
-"""Evaluation nodes: embeddings, AUC, full-catalogue retrieval metrics vs a popularity baseline."""
+"""Evaluation nodes: embeddings, AUC, full-catalogue retrieval metrics vs popularity and ALS."""
 
 from __future__ import annotations
 
 import logging
-import re
+import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from pyspark.sql import DataFrame as SparkDataFrame
 
 from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.retrieval import (
@@ -18,9 +19,15 @@ from recsys_kedro.evaluation.retrieval import (
     full_catalogue_topk_metrics,
     popularity_score_fn,
 )
+from recsys_kedro.models.als import ALSGrid, grid_search_als
 from recsys_kedro.models.two_tower import model_from_checkpoint
+from recsys_kedro.pipelines.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
 logger = logging.getLogger(__name__)
+
+_ALS_NAME = "ALS (Spark MLlib)"  # its legend in the metric-at-K figure
+_ALS_HINT = "see two_tower.evaluation.als in conf/base/parameters_two_tower.yml"
+_ALS_KEYS = {"enabled", "signal", "max_iter", "seed", "select_by", "num_blocks", "grid"}
 
 
 def embed_users_and_items(
@@ -53,9 +60,150 @@ def _matrix(embeddings: pd.DataFrame, idx_col: str) -> np.ndarray:
     return np.stack(frame["embedding"].to_numpy()).astype(np.float32)
 
 
-def _mlflow_name(key: str) -> str:
-    """MLflow metric names cannot hold '@': ``recall@10`` -> ``recall_at_10``."""
-    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", key.replace("@", "_at_"))
+def _retrieval_inputs(
+    train_pairs: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The arguments every scorer is evaluated with (model, popularity, ALS): one place.
+
+    Relevant = the positive test pairs; excluded = the users' training pairs, plus their
+    validation pairs if ``exclude_validation_items`` (seen before the test period).
+    """
+    seen = [train_pairs[["user_idx", "item_idx"]]]
+    if params.get("exclude_validation_items", True):
+        seen.append(validation[["user_idx", "item_idx"]])
+    seen_pairs = pd.concat(seen, ignore_index=True)
+    positives = test[test["label"] == 1]
+    return {
+        "test_users": positives["user_idx"].to_numpy(np.int64),
+        "test_items": positives["item_idx"].to_numpy(np.int64),
+        "exclude_users": seen_pairs["user_idx"].to_numpy(np.int64),
+        "exclude_items": seen_pairs["item_idx"].to_numpy(np.int64),
+        "ks": [int(k) for k in params["ks"]],
+        "batch_size": int(params.get("batch_size", 1024)),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, so the result is JSON-serialisable."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def fit_als_baseline(
+    train: SparkDataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    split_statistics: dict[str, Any],
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Spark MLlib implicit ALS, tuned on validation, scored on test like the two-tower.
+
+    ALS is fitted in Spark on the training split at every point of ``params["als"]["grid"]``
+    (:func:`recsys_kedro.models.als.grid_search_als`); the point with the best validation
+    ``select_by`` metric (training items excluded) is kept and its factors are scored on
+    the test split by the same full-catalogue evaluation, with the same exclusions and Ks,
+    as :func:`evaluate_retrieval` uses for the model and the popularity baseline.
+
+    Returns:
+        ``{"enabled": False}`` when ``als.enabled`` is false (nothing is trained); otherwise
+        ``enabled``, the settings used, the chosen ``params`` (rank, reg_param, alpha), the
+        ``validation`` table (one row per grid point), the ``test`` metrics
+        (``recall@K``, ``ndcg@K`` for every K, ``n_eval_users``) and ``search_s``.
+    """
+    als = params.get("als") or {}
+    if not als.get("enabled", False):
+        logger.info("ALS baseline disabled (two_tower.evaluation.als.enabled is false)")
+        return {"enabled": False}
+    unknown = set(als) - _ALS_KEYS
+    if unknown:
+        raise ValueError(f"unknown ALS setting(s) {sorted(unknown)} ({_ALS_HINT})")
+    try:
+        grid = ALSGrid.from_mapping(als.get("grid") or {})
+        settings = {
+            "signal": str(als.get("signal", "positives")),
+            "max_iter": int(als.get("max_iter", 10)),
+            "seed": int(als.get("seed", 42)),
+            "select_by": str(als.get("select_by", "ndcg@10")),
+            "num_blocks": None if als.get("num_blocks") is None else int(als["num_blocks"]),
+        }
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{exc} ({_ALS_HINT})") from exc
+    n_users = int(split_statistics["n_users"])
+    n_items = int(split_statistics["n_items"])
+    train_pairs = train.select("user_idx", "item_idx").toPandas()
+    common = _retrieval_inputs(train_pairs, validation, test, params)
+    val_positives = validation[validation["label"] == 1]
+    start = time.perf_counter()
+    try:
+        search = grid_search_als(
+            train,
+            val_positives["user_idx"].to_numpy(np.int64),
+            val_positives["item_idx"].to_numpy(np.int64),
+            n_users,
+            n_items,
+            grid,
+            ks=common["ks"],
+            exclude_users=train_pairs["user_idx"].to_numpy(np.int64),
+            exclude_items=train_pairs["item_idx"].to_numpy(np.int64),
+            batch_size=common["batch_size"],
+            **settings,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({_ALS_HINT})") from exc
+    search_s = time.perf_counter() - start
+    test_metrics = full_catalogue_topk_metrics(
+        embedding_score_fn(search.user_factors, search.item_factors), n_items=n_items, **common
+    )
+    logger.info(
+        "ALS: %d grid points in %.0fs; chose rank=%d reg_param=%g alpha=%g (validation %s "
+        "%.4f); test ndcg@%d %.4f",
+        len(search.table),
+        search_s,
+        search.params["rank"],
+        search.params["reg_param"],
+        search.params["alpha"],
+        settings["select_by"],
+        search.table[settings["select_by"]].max(),
+        common["ks"][0],
+        test_metrics[f"ndcg@{common['ks'][0]}"],
+    )
+    return {
+        "enabled": True,
+        **settings,
+        "params": {k: _plain(v) for k, v in search.params.items()},
+        "validation": [
+            {k: _plain(v) for k, v in row.items()} for row in search.table.to_dict("records")
+        ],
+        "test": {k: _plain(v) for k, v in test_metrics.items()},
+        "search_s": float(search_s),
+    }
+
+
+def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int) -> dict[str, Any]:
+    """``als_recall@K``, ``als_ndcg@K`` (every K), ``als_rank/reg_param/alpha``; {} if off."""
+    if not als_baseline or not als_baseline.get("enabled", False):
+        return {}
+    test = als_baseline["test"]
+    missing = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg") if f"{m}@{k}" not in test]
+    if missing or int(test["n_eval_users"]) != n_eval_users:
+        raise ValueError(
+            f"the ALS baseline was not evaluated like the model (missing {missing}; "
+            f"{test['n_eval_users']} vs {n_eval_users} evaluated users): re-run the "
+            "fit_als_baseline node with the same two_tower.evaluation parameters and splits"
+        )
+    out: dict[str, Any] = {}
+    for k in ks:
+        for name in ("recall", "ndcg"):
+            out[f"als_{name}@{k}"] = float(test[f"{name}@{k}"])
+    chosen = als_baseline["params"]
+    out.update(
+        als_rank=int(chosen["rank"]),
+        als_reg_param=float(chosen["reg_param"]),
+        als_alpha=float(chosen["alpha"]),
+    )
+    return out
 
 
 def evaluate_retrieval(
@@ -67,43 +215,35 @@ def evaluate_retrieval(
     item_popularity: pd.DataFrame,
     split_statistics: dict[str, Any],
     training_summary: dict[str, Any],
+    als_baseline: dict[str, Any],
     params: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, dict[str, float]], Figure]:
-    """Test-split metrics of the model and of a most-popular baseline, computed the same way.
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, Any], Figure]:
+    """Test-split metrics of the model, a most-popular and an ALS baseline, computed alike.
 
     AUC: the model's score ``<user, item>`` on every labelled test pair. Recall@K/NDCG@K:
     for every test user with a positive test item, the top K of the whole catalogue,
     with the user's training items (and validation items, if
-    ``exclude_validation_items``) excluded; relevant = the positive test items.
+    ``exclude_validation_items``) excluded; relevant = the positive test items. The ALS
+    numbers come from :func:`fit_als_baseline` (same rules); with ALS disabled
+    (``{"enabled": False}``) the ``als_*`` keys are left out.
 
     Returns:
-        The metrics dictionary (``two_tower_metrics.json``), the same numbers for MLflow,
-        and the metric-at-K figure (model vs baseline).
+        The metrics dictionary (``two_tower_metrics.json``), its quality numbers for MLflow
+        metrics, its counts and settings (users, rows, kept epoch, ALS's chosen point) for
+        MLflow tags, and the metric-at-K figure (model vs the baselines).
     """
-    ks = [int(k) for k in params["ks"]]
     users = _matrix(user_embeddings, "user_idx")
     items = _matrix(item_embeddings, "item_idx")
     n_items = items.shape[0]
-    seen = [train]
-    if params.get("exclude_validation_items", True):
-        seen.append(validation)
-    seen_pairs = pd.concat([s[["user_idx", "item_idx"]] for s in seen], ignore_index=True)
-    positives = test[test["label"] == 1]
-    common = {
-        "n_items": n_items,
-        "test_users": positives["user_idx"].to_numpy(np.int64),
-        "test_items": positives["item_idx"].to_numpy(np.int64),
-        "exclude_users": seen_pairs["user_idx"].to_numpy(np.int64),
-        "exclude_items": seen_pairs["item_idx"].to_numpy(np.int64),
-        "ks": ks,
-        "batch_size": int(params.get("batch_size", 1024)),
-    }
+    common = {"n_items": n_items, **_retrieval_inputs(train, validation, test, params)}
+    ks = common["ks"]
     model_metrics = full_catalogue_topk_metrics(embedding_score_fn(users, items), **common)
     popularity = item_popularity.sort_values("item_idx")["n_positive"].to_numpy()
     train_positive_items = np.repeat(np.arange(len(popularity)), popularity)
     baseline = full_catalogue_topk_metrics(
         popularity_score_fn(train_positive_items, n_items), **common
     )
+    als = _als_metrics(als_baseline, ks, int(model_metrics["n_eval_users"]))
     test_scores = np.einsum(
         "ij,ij->i",
         users[test["user_idx"].to_numpy(np.int64)],
@@ -116,6 +256,7 @@ def evaluate_retrieval(
     for k in ks:
         for name in ("recall", "ndcg"):
             metrics[f"popularity_{name}@{k}"] = baseline[f"{name}@{k}"]
+    metrics.update(als)
     metrics.update(
         n_eval_users=int(model_metrics["n_eval_users"]),
         train_samples_per_s=float(training_summary["train_samples_per_s"]),
@@ -128,22 +269,24 @@ def evaluate_retrieval(
         n_validation=int(split_statistics["validation"]["interactions"]),
         n_test=int(split_statistics["test"]["interactions"]),
     )
-    logger.info(
-        "test: AUC %.4f | recall@%d %.4f vs popularity %.4f | ndcg@%d %.4f vs %.4f",
-        metrics["test_auc"],
-        ks[0],
-        metrics[f"recall@{ks[0]}"],
-        metrics[f"popularity_recall@{ks[0]}"],
-        ks[0],
-        metrics[f"ndcg@{ks[0]}"],
-        metrics[f"popularity_ndcg@{ks[0]}"],
+    k = ks[0]
+    als_note = (
+        f" | ALS {metrics[f'als_recall@{k}']:.4f} / {metrics[f'als_ndcg@{k}']:.4f}" if als else ""
     )
-    mlflow_metrics = {
-        _mlflow_name(f"test_{k}" if not k.startswith("test_") else k): {
-            "step": 0,
-            "value": float(v),
-        }
-        for k, v in metrics.items()
-    }
-    figure = metrics_at_k_figure(model_metrics, baseline, ks)
-    return metrics, mlflow_metrics, figure
+    logger.info(
+        "test AUC %.4f; recall@%d / ndcg@%d: two-tower %.4f / %.4f | popularity %.4f / %.4f%s",
+        metrics["test_auc"],
+        k,
+        k,
+        metrics[f"recall@{k}"],
+        metrics[f"ndcg@{k}"],
+        metrics[f"popularity_recall@{k}"],
+        metrics[f"popularity_ndcg@{k}"],
+        als_note,
+    )
+    mlflow_metrics, run_tags = metrics_and_tags(
+        metrics, tag_keys=RUN_DESCRIPTION_KEYS | {"als_rank", "als_reg_param", "als_alpha"}
+    )
+    more = {_ALS_NAME: als_baseline["test"]} if als else None
+    figure = metrics_at_k_figure(model_metrics, baseline, ks, more_baselines=more)
+    return metrics, mlflow_metrics, run_tags, figure

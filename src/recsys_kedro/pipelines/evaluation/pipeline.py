@@ -1,8 +1,8 @@
-"""Evaluation: embeddings, AUC, Recall@K / NDCG@K against a most-popular baseline."""
+"""Evaluation: embeddings, AUC, Recall@K / NDCG@K against most-popular and ALS baselines."""
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import embed_users_and_items, evaluate_retrieval
+from .nodes import embed_users_and_items, evaluate_retrieval, fit_als_baseline
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,6 +15,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="embed_users_and_items",
             ),
             node(
+                fit_als_baseline,
+                inputs=[
+                    "train_split@spark",
+                    "validation_split@pandas",
+                    "test_split@pandas",
+                    "split_statistics",
+                    "params:evaluation",
+                ],
+                outputs="als_baseline",
+                name="fit_als_baseline",
+            ),
+            node(
                 evaluate_retrieval,
                 inputs=[
                     "user_embeddings",
@@ -25,9 +37,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "item_popularity@pandas",
                     "split_statistics",
                     "training_summary",
+                    "als_baseline",
                     "params:evaluation",
                 ],
-                outputs=["metrics", "test_metrics", "metrics_at_k"],
+                outputs=["metrics", "test_metrics", "run_tags", "metrics_at_k"],
                 name="evaluate_retrieval",
             ),
         ],
