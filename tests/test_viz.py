@@ -33,7 +33,16 @@ def test_kedro_viz_build(tmp_path):
     modular = {n["name"] for n in graph["nodes"] if n["type"] == "modularPipeline"}
     stages = ("ingestion", "features", "export", "training", "evaluation")
     assert {f"two_tower.{s}" for s in stages} <= modular
-    assert {p["id"] for p in graph["pipelines"]} == {"__default__", "two_tower", "dlrm"}
+    assert {p["id"] for p in graph["pipelines"]} == {
+        "__default__",
+        "two_tower",
+        "two_tower_tune",
+        "dlrm",
+    }
+    tune = json.loads((tmp_path / "build" / "api" / "pipelines" / "two_tower_tune").read_text())
+    tune_modular = {n["name"] for n in tune["nodes"] if n["type"] == "modularPipeline"}
+    # the tuning pipeline reuses the two_tower data stages, under the same namespace
+    assert {"two_tower.ingestion", "two_tower.export", "two_tower.tuning"} <= tune_modular
     dlrm = json.loads((tmp_path / "build" / "api" / "pipelines" / "dlrm").read_text())
     dlrm_modular = {n["name"] for n in dlrm["nodes"] if n["type"] == "modularPipeline"}
     assert {f"dlrm.{s}" for s in ("data", "export", "training", "evaluation")} <= dlrm_modular

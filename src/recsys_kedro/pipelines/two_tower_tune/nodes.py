@@ -1,0 +1,104 @@
+"""The tuning node: every trial is the two_tower training stage with other parameters."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from recsys_kedro.mds import MDSFolder
+from recsys_kedro.pipelines.training.nodes import train_model
+from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
+from recsys_kedro.tuning import SearchSpace, apply_overrides, history_figure, run_study
+
+logger = logging.getLogger(__name__)
+
+_HINT = "two_tower.tune in conf/base/parameters_two_tower.yml"
+
+
+def _space(tune_params: dict[str, Any]) -> SearchSpace:
+    dimensions = {}
+    for raw in tune_params.get("space") or []:
+        dimension = dict(raw)
+        name = dimension.pop("name", None)
+        if not name or name in dimensions:
+            raise ValueError(f"every search dimension needs a unique 'name' ({_HINT})")
+        dimensions[name] = dimension
+    return SearchSpace(dimensions)
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in values.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def tune_two_tower(
+    train_mds: MDSFolder,
+    validation_mds: MDSFolder,
+    split_statistics: dict[str, Any],
+    item_popularity: pd.DataFrame,
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+    tune_params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], Figure]:
+    """Search ``tune_params["space"]`` with Optuna; each trial trains the two-tower through
+    the shared training node (TorchDistributor, the shared trainer) and is scored by its kept
+    epoch's validation metric (``objective``, e.g. ``val_ndcg@10``). Test data is never read.
+
+    Returns:
+        The study (every trial: parameters, validation metrics, state, error), the best
+        parameters as a ``parameters_two_tower`` override (``{"two_tower": {...}}``, to drop
+        into ``conf/local/``), and the study's history plot.
+    """
+    try:
+        space = _space(tune_params)
+        apply_overrides({"model": model_params, "training": training_params}, {
+            name: None for name in space.dimensions
+        })  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{exc} ({_HINT})") from exc
+    metric = str(tune_params.get("objective", "val_ndcg@10"))
+    base_training = dict(training_params)
+    if tune_params.get("epochs") is not None:
+        base_training["epochs"] = int(tune_params["epochs"])  # shorter trials
+
+    def objective(values: dict[str, Any]) -> dict[str, float]:
+        params = apply_overrides({"model": model_params, "training": base_training}, values)
+        spec = two_tower_spec(
+            split_statistics, item_popularity, params["model"], params["training"]
+        )
+        _, _, summary = train_model(train_mds, validation_mds, spec, params["training"])
+        kept = int(summary["best_epoch"]) - 1
+        metrics = {k: float(v[kept]) for k, v in summary["history"].items() if k.startswith("val_")}
+        metrics["best_epoch"] = float(summary["best_epoch"])
+        return metrics
+
+    result = run_study(
+        objective,
+        space,
+        metric=metric,
+        direction=str(tune_params.get("direction", "maximize")),
+        n_trials=int(tune_params.get("n_trials", 20)),
+        timeout_s=tune_params.get("timeout_s"),
+        seed=int(tune_params.get("seed", 0)),
+    )
+    failed = sum(t.state != "COMPLETE" for t in result.trials)
+    logger.info(
+        "two_tower_tune: best %s=%.4f (trial %d of %d, %d failed): %s",
+        metric,
+        result.best_value,
+        result.best_trial,
+        len(result.trials),
+        failed,
+        result.best_params,
+    )
+    best = {"two_tower": _nest(result.best_params or {})}
+    return result.to_dict(), best, history_figure(result)
