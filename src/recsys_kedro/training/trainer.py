@@ -421,9 +421,9 @@ def evaluate(
 
 def _show_epoch_lines(ctx: DistContext) -> None:
     """Rank 0's per-epoch line reaches the console: a rank started by TorchDistributor is a
-    fresh process whose logging is not configured (INFO would be dropped). A process that
-    configured logging itself (a notebook, a test) keeps its own set-up."""
-    if ctx.is_main and not logging.getLogger().handlers and not logger.handlers:
+    fresh process whose logging is not configured for INFO (torchrun's own handlers do not
+    pass it on), so this module's logger gets its own handler on rank 0."""
+    if ctx.is_main and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
