@@ -22,6 +22,11 @@ def build_spark_session(
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    bind = (conf or {}).get("spark.driver.bindAddress")
+    if bind and str((conf or {}).get("spark.master", "")).startswith("local"):
+        # A local JVM binds where spark.yml says: tell Spark's address lookup too, or it
+        # warns on every start that the hostname resolves to a loopback address.
+        os.environ.setdefault("SPARK_LOCAL_IP", str(bind))
     builder = SparkSession.builder.appName(app_name)
     for key, value in (conf or {}).items():
         if value is not None:  # an environment removes a base setting with null
