@@ -17,6 +17,8 @@ __all__ = ["KNOWN_LOG_NOISE", "KNOWN_WARNINGS", "KnownNoiseFilter", "silence_kno
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # omegaconf deprecates the resolver API that Kedro and kedro-mlflow still call.
     (UserWarning, r"register_new_resolver\(\) is deprecated"),
+    # MLflow asks kedro-mlflow's pipeline model for type hints (coloured, hence the escape).
+    (UserWarning, r"(\x1b\[\d+m)?Add type hints to the `predict` method"),
     # TorchRec's planner / DMP internals, fixed upstream, nothing to change on our side.
     (FutureWarning, r"HeuristicalStorageReservation is known to cause issues"),
     (FutureWarning, r"`broadcast_buffers` is deprecated"),
