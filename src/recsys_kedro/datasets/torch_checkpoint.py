@@ -6,10 +6,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
-import torch
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
-from recsys_kedro.models.checkpoint import CheckpointError, read_checkpoint
+from recsys_kedro.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 
 
 class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
@@ -47,9 +46,14 @@ class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
                 raise DatasetError(f"{self._full}: {exc}") from exc
 
     def save(self, data: dict[str, Any]) -> None:
-        self._fs.makedirs(str(self._filepath.parent), exist_ok=True)
-        with self._fs.open(str(self._filepath), "wb") as f:
-            torch.save(dict(data), f)
+        missing = {"format", "config", "state_dict"} - set(data)
+        if missing:
+            # Refuse now what load() would refuse later.
+            raise DatasetError(
+                f"{self._full}: not a checkpoint (missing {sorted(missing)}); save what "
+                "make_checkpoint returns"
+            )
+        save_checkpoint(data, self._full)
 
     def _exists(self) -> bool:
         return self._fs.exists(str(self._filepath))
