@@ -5,6 +5,7 @@ Only the configuration is tested here: the datasets are instantiated, not loaded
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,36 @@ def test_local_environment_keeps_the_embedded_defaults():
     assert loader["mlflow"]["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
     assert loader["spark"]["spark.master"] == "local[2]"
     assert loader["parameters"]["two_tower"]["training"]["local_mode"] is True
+
+
+def _paths(catalog) -> dict[str, str]:
+    """Dataset name -> the folder or file it reads and writes (datasets that have one)."""
+    out = {}
+    for name in _datasets():
+        match = re.search(r"filepath=(?:PurePosixPath\()?'([^']+)'", str(catalog.get(name)))
+        if match:
+            out[name] = match.group(1)
+    return out
+
+
+def test_one_setting_moves_every_layer_to_the_volume():
+    """globals.yml's data_root: every path of every layer (01 to 08) is on the volume in
+    databricks, and under data/ locally; nothing is declared twice to move it."""
+    # A fresh loader, read before any other is made: OmegaConf's `globals` resolver is
+    # process-wide, and the last loader created answers it (one per process in a real run).
+    loader = _loader("databricks")
+    catalog = DataCatalog.from_config(loader["catalog"])
+    root = loader["globals"]["data_root"]
+    assert root.startswith("/Volumes/")
+    paths = _paths(catalog)
+    layers = {re.search(r"/(0\d)_", p).group(1) for p in paths.values() if re.search(r"/0\d_", p)}
+    assert layers >= {"02", "03", "04", "05", "06", "07", "08"}, layers
+    off_volume = {n: p for n, p in paths.items() if not p.startswith(root + "/")}
+    assert not off_volume, off_volume
+    for model in ("two_tower", "dlrm"):
+        staging = loader["parameters"][model]["training"]["checkpoint_dir"]
+        assert staging == f"{root}/06_models/staging"
+    local = _loader("local")
+    local_paths = _paths(DataCatalog.from_config(local["catalog"]))
+    assert all("data/0" in p for p in local_paths.values()), local_paths
+    assert local_paths["raw_ratings"].endswith("data/01_raw/ml-100k/ml-100k.inter")
