@@ -6,6 +6,7 @@ TorchDistributor with 2 gloo processes, TorchRec sharding, kedro-mlflow on a SQL
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -50,26 +51,27 @@ def project(tmp_path_factory):
     return root, n_pairs
 
 
+#: A two_tower run small enough for a test on the fixture data (also used by the notebook test).
+SMALL_RUN = {
+    "features": {"split": {"test_size": 4, "validation_size": 2}},
+    "training": {
+        "epochs": 2,
+        "batch_size": 64,
+        "eval_batch_size": 256,
+        "temperature": 0.1,
+        "embedding_lr": 0.1,
+        "dense_lr": 0.005,
+        "progress": False,
+    },
+    "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
+}
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(project, spark):
     """Run ``two_tower`` once for all the checks of this module."""
     root, n_pairs = project
-    runtime_params = {
-        "two_tower": {
-            "features": {"split": {"test_size": 4, "validation_size": 2}},
-            "training": {
-                "epochs": 2,
-                "batch_size": 64,
-                "eval_batch_size": 256,
-                "temperature": 0.1,
-                "embedding_lr": 0.1,
-                "dense_lr": 0.005,
-                "progress": False,
-            },
-            "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
-        }
-    }
-    run_project(root, runtime_params, pipeline_name="two_tower")
+    run_project(root, {"two_tower": copy.deepcopy(SMALL_RUN)}, pipeline_name="two_tower")
     return root, n_pairs
 
 

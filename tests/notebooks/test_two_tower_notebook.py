@@ -8,6 +8,7 @@ from this interpreter (a kernelspec written to a temporary JUPYTER_PATH), with
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import nbformat
 import pytest
 
 from tests.integration.conftest import PROJECT_ROOT, make_project, run_project
-from tests.integration.test_two_tower_pipeline import N_ITEMS, _write_fixture_inter
+from tests.integration.test_two_tower_pipeline import N_ITEMS, SMALL_RUN, _write_fixture_inter
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +44,7 @@ def project(tmp_path_factory, spark):
     _write_fixture_item(raw / "ml-100k.item")
     runtime_params = {
         "two_tower": {
-            "features": {"split": {"test_size": 4, "validation_size": 2}},
-            "training": {
-                "epochs": 2,
-                "batch_size": 64,
-                "eval_batch_size": 256,
-                "temperature": 0.1,
-                "embedding_lr": 0.1,
-                "dense_lr": 0.005,
-                "progress": False,
-            },
-            "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
+            **copy.deepcopy(SMALL_RUN),
             "evaluation": {
                 "als": {
                     "max_iter": 3,

@@ -10,6 +10,8 @@ from typing import Any
 import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
+from recsys_kedro.pipelines.reporting import mlflow_metric_name
+
 
 class MlflowTrialsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """Saves a study (``StudyResult.to_dict()``) as JSON and, inside an MLflow run, logs every
@@ -59,9 +61,9 @@ class MlflowTrialsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
             mlflow.start_run(run_name=f"trial-{trial['number']}", nested=True)
             try:
                 mlflow.log_params(dict(trial.get("params", {})))
-                # MLflow names cannot hold '@'; NaN is not a metric value.
+                # The names the training curves use; NaN is not a metric value.
                 metrics = {
-                    k.replace("@", "_at_"): v
+                    mlflow_metric_name(k): v
                     for k, v in trial.get("metrics", {}).items()
                     if math.isfinite(v)
                 }

@@ -200,6 +200,15 @@ def _fit(
     return als.fit(prefs)
 
 
+def _require_rows(prefs: DataFrame, signal: str) -> DataFrame:
+    """``prefs`` itself, once it is known to hold at least one row."""
+    if prefs.limit(1).count() == 0:
+        raise ValueError(
+            f"no training interaction carries the {signal!r} signal: nothing to fit ALS on"
+        )
+    return prefs
+
+
 def _check_fit_args(max_iter: int, num_blocks: int | None) -> None:
     if operator.index(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -227,9 +236,7 @@ def fit_als(
     """
     ALSGrid(rank=(rank,), reg_param=(reg_param,), alpha=(alpha,))  # validates the values
     _check_fit_args(max_iter, num_blocks)
-    prefs = preferences(interactions, signal)
-    if prefs.limit(1).count() == 0:
-        raise ValueError(f"no interaction carries the {signal!r} signal: nothing to fit ALS on")
+    prefs = _require_rows(preferences(interactions, signal), signal)
     return _fit(
         prefs,
         rank=rank,
@@ -349,11 +356,7 @@ def grid_search_als(
 
     prefs = preferences(train, signal).cache()
     try:
-        n_prefs = prefs.count()
-        if n_prefs == 0:
-            raise ValueError(
-                f"no training interaction carries the {signal!r} signal: nothing to fit ALS on"
-            )
+        _require_rows(prefs, signal)
         rows: list[dict[str, Any]] = []
         best: tuple[float, dict[str, Any], np.ndarray, np.ndarray] | None = None
         for point in grid.points():

@@ -162,9 +162,10 @@ class RetrievalValidator:
         users = np.asarray(val_users, dtype=np.int64)
         items = np.asarray(val_items, dtype=np.int64)
         cap = spec.validation_max_users
-        if cap is not None and np.unique(users).size > cap:
+        distinct = np.unique(users)
+        if cap is not None and distinct.size > cap:
             rng = np.random.default_rng(spec.validation_seed)
-            keep = rng.choice(np.unique(users), size=int(cap), replace=False)
+            keep = rng.choice(distinct, size=int(cap), replace=False)
             mask = np.isin(users, keep)
             users, items = users[mask], items[mask]
             # Only the sampled users are scored: their masks are all that is needed.
@@ -179,6 +180,7 @@ class RetrievalValidator:
                 "metrics (and the choice of the epoch to keep) need some"
             )
         self.val_users, self.val_items = users, items
+        self.scored_users = np.unique(users)  # the users that need a query embedding
 
     @classmethod
     def from_folders(
@@ -197,7 +199,7 @@ class RetrievalValidator:
 
     def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         model = model_from_checkpoint(self.spec.checkpoint(state_dict))
-        users = np.unique(self.val_users)
+        users = self.scored_users
         with torch.no_grad():
             # Only the users scored need a query embedding; the rest stay zero.
             user_emb = torch.zeros(self.spec.model.num_users, self.spec.model.output_dim)
