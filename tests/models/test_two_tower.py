@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from recsys_kedro.models.batch import BatchLayout
 from recsys_kedro.models.two_tower import (
     TwoTowerConfig,
     TwoTowerTrainTask,
@@ -18,6 +19,7 @@ from recsys_kedro.models.two_tower import (
     make_batch,
     make_checkpoint,
     model_from_checkpoint,
+    negative_features,
 )
 
 CONFIG = TwoTowerConfig(num_users=7, num_items=11, embedding_dim=8, layer_sizes=(16, 4))
@@ -31,14 +33,14 @@ def model():
 
 def test_forward_shapes_and_normalisation(model):
     batch = make_batch(torch.tensor([0, 1, 6]), torch.tensor([3, 10, 0]), torch.tensor([1, 0, 1]))
-    query, candidate = model(batch.sparse_features)
+    query, candidate, _ = model(batch.sparse_features)
     assert query.shape == (3, 4) and candidate.shape == (3, 4)
     torch.testing.assert_close(query.norm(dim=-1), torch.ones(3))
 
 
 def test_encoders_match_the_forward_pass(model):
     users, items = torch.tensor([2, 5]), torch.tensor([9, 1])
-    query, candidate = model(make_batch(users, items, torch.zeros(2)).sparse_features)
+    query, candidate, _ = model(make_batch(users, items, torch.zeros(2)).sparse_features)
     torch.testing.assert_close(model.encode_users(users), query)
     torch.testing.assert_close(model.encode_items(items), candidate)
 
@@ -79,7 +81,7 @@ def test_sampled_softmax_matches_reference_with_log_q_and_accidental_hits(model)
     labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
     batch = make_batch(users, items, labels)
     loss, (detached, logits, out_labels) = task(batch)
-    q, c = model(batch.sparse_features)
+    q, c, _ = model(batch.sparse_features)
     expected = _manual_softmax_loss(q, c, items.tolist(), labels.tolist(), 0.2, log_q)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     torch.testing.assert_close(logits, (q * c).sum(-1) / 0.2)
@@ -93,13 +95,84 @@ def test_same_user_positives_are_not_negatives_when_masked(model):
     items = torch.tensor([3, 5, 7, 9, 0, 1])
     labels = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
     batch = make_batch(users, items, labels)
-    q, c = model(batch.sparse_features)
+    q, c, _ = model(batch.sparse_features)
     masked = TwoTowerTrainTask(model, temperature=0.2, item_log_q=log_q, mask_same_user=True)
     plain = TwoTowerTrainTask(model, temperature=0.2, item_log_q=log_q)
     want = _manual_softmax_loss(q, c, items.tolist(), labels.tolist(), 0.2, log_q, users.tolist())
     assert masked(batch)[0].item() == pytest.approx(want, rel=1e-5)
     # Fewer negatives in the denominator: the masked loss is lower.
     assert masked(batch)[0].item() < plain(batch)[0].item()
+
+
+def _mixed_batch(k: int, seed: int = 0):
+    """A batch whose layout draws ``k`` uniform negative items per row."""
+    names = negative_features(k)
+    layout = BatchLayout(
+        sparse=("user_idx", "item_idx"), sampled=tuple((n, CONFIG.num_items) for n in names)
+    )
+    columns = {
+        "user_idx": torch.tensor([0, 1, 2, 3, 4, 5]),
+        "item_idx": torch.tensor([3, 5, 3, 9, 0, 1]),
+        "label": torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0]),
+    }
+    return layout.to_batch(columns, torch.Generator().manual_seed(seed)), names
+
+
+def test_uniform_negatives_join_the_softmax_with_a_mixed_log_q():
+    torch.manual_seed(0)
+    k = 2
+    batch, names = _mixed_batch(k)
+    model = build_two_tower(CONFIG, device="cpu", negatives=names)
+    counts = torch.tensor([5, 1, 0, 3, 2, 8, 1, 1, 0, 4, 2])
+    log_q = item_log_q_from_counts(counts)
+    task = TwoTowerTrainTask(model, temperature=0.2, item_log_q=log_q)
+    q, c, neg = model(batch.sparse_features)
+    assert neg.shape == (6 * k, CONFIG.layer_sizes[-1])
+    kjt = batch.sparse_features
+    neg_items = torch.cat([kjt[n].values() for n in names])
+    # The negatives are the item tower's embeddings of the drawn ids.
+    torch.testing.assert_close(neg, model.encode_items(neg_items))
+    # Reference: every positive scores all 6 batch items and the 12 drawn ones, with
+    # q = p + k / num_items (the expected share of candidate slots per item).
+    mixed_q = torch.log(log_q.exp() + k / CONFIG.num_items)
+    items = batch.sparse_features["item_idx"].values()
+    want = _manual_softmax_loss(
+        q,
+        torch.cat([c, neg]),
+        [*items.tolist(), *neg_items.tolist()],
+        [*batch.labels.tolist(), *[0.0] * len(neg_items)],
+        0.2,
+        mixed_q,
+    )
+    assert task(batch)[0].item() == pytest.approx(want, rel=1e-5)
+    # More negatives in the denominator than the plain in-batch loss has.
+    plain = TwoTowerTrainTask(build_two_tower(CONFIG, device="cpu"), temperature=0.2)
+    plain.two_tower.load_state_dict(model.state_dict())
+    assert task(batch)[0].item() != pytest.approx(plain(batch)[0].item(), rel=1e-3)
+
+
+def test_sampled_features_are_seeded_draws_in_range():
+    first, names = _mixed_batch(3, seed=1)
+    again, _ = _mixed_batch(3, seed=1)
+    other, _ = _mixed_batch(3, seed=2)
+    draws = [
+        torch.cat([b.sparse_features[n].values() for n in names]) for b in (first, again, other)
+    ]
+    assert first.sparse_features.keys() == ["user_idx", "item_idx", *names]
+    torch.testing.assert_close(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2])
+    assert int(draws[0].min()) >= 0 and int(draws[0].max()) < CONFIG.num_items
+    with pytest.raises(ValueError, match="n >= 1"):
+        BatchLayout(sparse=("a",), sampled=(("neg", 0),))
+
+
+def test_a_checkpoint_trained_with_negatives_loads_without_them():
+    names = negative_features(2)
+    trained = build_two_tower(CONFIG, device="cpu", negatives=names)
+    restored = model_from_checkpoint(make_checkpoint(CONFIG, trained.state_dict()))
+    assert restored.negative_features == ()
+    ids = torch.arange(CONFIG.num_items)
+    torch.testing.assert_close(restored.encode_items(ids), trained.encode_items(ids))
 
 
 def test_bce_loss_is_the_pointwise_objective(model):

@@ -38,3 +38,26 @@ def test_to_mds_frame_names_an_unknown_column_or_dtype(spark):
         to_mds_frame(_frame(spark), {"num_partitions": 1, "columns": {"genre": "int64"}})
     with pytest.raises(ValueError, match="string"):
         to_mds_frame(_frame(spark), {"num_partitions": 1, "columns": {"label": "string"}})
+
+
+def _same_user_neighbours(out) -> float:
+    """Share of consecutive rows (inside a partition, in write order) of the same user."""
+    parts = out.rdd.glom().map(lambda rows: [r["user_idx"] for r in rows]).collect()
+    pairs = [(a, b) for users in parts for a, b in zip(users, users[1:], strict=False)]
+    return sum(a == b for a, b in pairs) / len(pairs)
+
+
+def test_exported_rows_are_not_grouped_by_user(spark):
+    # A training batch is a slice of one block of consecutive exported rows, so rows
+    # written grouped by user (as the split leaves them) would fill a batch with one user's
+    # positives as each other's negatives. Spark's round-robin repartition sorts the rows
+    # by their hash first (spark.sql.execution.sortBeforeRepartition), which leaves them in
+    # a uniform order: this pins it, so a change of that behaviour cannot go unnoticed.
+    rows = [(u, i, 1.0, 0, 1) for u in range(25) for i in range(40)]
+    grouped = spark.createDataFrame(
+        rows, "user_idx int, item_idx int, rating double, timestamp long, label long"
+    ).coalesce(1)
+    assert _same_user_neighbours(grouped) > 0.9
+    out = to_mds_frame(grouped, {"num_partitions": 2, "columns": COLUMNS})
+    # 25 equally sized users: a uniform order has about 1/25 same-user neighbours.
+    assert _same_user_neighbours(out) < 0.15

@@ -172,6 +172,18 @@ def test_bce_loss_trains_too(mds_folders, tmp_path):
     assert r0["history"]["val_auc"][-1] > 0.6
 
 
+def test_uniform_negatives_train_through_the_sharded_tables(two_rank_run, mds_folders, tmp_path):
+    """The drawn negatives ride in the batch's KJT, through the sharded item table."""
+    config = _config(mds_folders, tmp_path, spec_overrides={"uniform_negatives": 2})
+    (r0, r1) = run_on_ranks(train, config, world_size=2, out_dir=tmp_path / "o")
+    assert r0 == r1
+    _, (plain, _) = two_rank_run
+    assert r0["history"]["train_loss"] != plain["history"]["train_loss"]  # they took part
+    assert r0["history"]["val_auc"][-1] > 0.7  # and it still learns the clusters
+    # The checkpoint is the plain model: it serves without the negative features.
+    assert load_two_tower(r0["checkpoint_path"]).negative_features == ()
+
+
 # ----------------------------------------------------------------------- the validator alone
 
 

@@ -38,17 +38,26 @@ class BatchLayout:
         jagged: The subset of ``sparse`` that is multi-valued (``<name>__values`` and
             ``<name>__lengths`` columns); the others hold one id per row.
         label: The label column.
+        sampled: Sparse features that are not read but drawn per row, uniformly from
+            ``0..n-1``, as ``(name, n)`` pairs: keys of ``sparse_features`` after ``sparse``
+            (e.g. uniformly sampled negative items, looked up in the same sharded table as
+            the batch's own items, so TorchRec's input distribution carries them too).
     """
 
     dense: tuple[str, ...] = ()
     sparse: tuple[str, ...] = ()
     jagged: tuple[str, ...] = ()
     label: str = "label"
+    sampled: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("dense", "sparse", "jagged"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        names = [*self.dense, *self.sparse, self.label]
+        sampled = tuple((str(name), int(n)) for name, n in self.sampled)
+        object.__setattr__(self, "sampled", sampled)
+        if any(n < 1 for _, n in sampled):
+            raise ValueError(f"sampled features need a range n >= 1, got {sampled}")
+        names = [*self.dense, *self.sparse, *(name for name, _ in sampled), self.label]
         if len(set(names)) != len(names):
             raise ValueError(f"a column is listed twice in the batch layout: {names}")
         if not self.sparse:
@@ -62,8 +71,19 @@ class BatchLayout:
         """The loader columns to read (jagged features by their base name)."""
         return [*self.dense, *self.sparse, self.label]
 
-    def to_batch(self, columns: Mapping[str, torch.Tensor]) -> Batch:
-        """A :class:`Batch` from one batch of loader columns (on the columns' device)."""
+    @property
+    def keys(self) -> list[str]:
+        """The keys of ``sparse_features``: the read sparse features, then the sampled ones."""
+        return [*self.sparse, *(name for name, _ in self.sampled)]
+
+    def to_batch(
+        self, columns: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> Batch:
+        """A :class:`Batch` from one batch of loader columns (on the columns' device).
+
+        ``generator`` draws the ``sampled`` features (each rank passes its own, seeded, so
+        runs repeat); without one a fixed seed is used (evaluation batches).
+        """
         labels = columns[self.label]
         n = int(labels.shape[0])
         if self.dense:
@@ -78,8 +98,17 @@ class BatchLayout:
             else:
                 values.append(columns[name].long())
                 lengths.append(torch.ones(n, dtype=torch.int32))
+        if self.sampled:
+            if generator is None:
+                generator = torch.Generator().manual_seed(0)
+            for name, high in self.sampled:
+                drawn = columns.get(name)  # given (dummy batches) or drawn here
+                if drawn is None:
+                    drawn = torch.randint(high, (n,), generator=generator)
+                values.append(drawn.long())
+                lengths.append(torch.ones(n, dtype=torch.int32))
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=list(self.sparse), values=torch.cat(values), lengths=torch.cat(lengths)
+            keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths)
         )
         return Batch(dense_features=dense, sparse_features=kjt, labels=labels.float())
 
@@ -95,6 +124,7 @@ class BatchLayout:
                 columns[lengths_column(name)] = torch.ones(1, dtype=torch.int32)
             else:
                 columns[name] = zero
+        columns.update({name: zero for name, _ in self.sampled})
         return self.to_batch(columns)
 
     def collate_rows(self, rows: list[dict]) -> dict[str, torch.Tensor]:

@@ -71,10 +71,21 @@ def make_batch(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -
     return BATCH_LAYOUT.to_batch({USER_FEATURE: users, ITEM_FEATURE: items, "label": labels})
 
 
+def negative_features(count: int) -> tuple[str, ...]:
+    """Names of ``count`` sparse features of uniformly sampled negative items."""
+    return tuple(f"neg_item_idx_{i}" for i in range(int(count)))
+
+
 def make_embedding_bag_collection(
-    config: TwoTowerConfig, device: torch.device | str | None = None
+    config: TwoTowerConfig,
+    device: torch.device | str | None = None,
+    negatives: Sequence[str] = (),
 ) -> EmbeddingBagCollection:
-    """The user and item tables, one feature each. ``device="meta"`` defers allocation to DMP."""
+    """The user and item tables. ``device="meta"`` defers allocation to DMP.
+
+    ``negatives``: extra features of the item table (uniformly sampled negative items,
+    training only), looked up in the same table as ``item_idx``.
+    """
     return EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
@@ -88,7 +99,7 @@ def make_embedding_bag_collection(
                 name="t_item",
                 embedding_dim=config.embedding_dim,
                 num_embeddings=config.num_items,
-                feature_names=[ITEM_FEATURE],
+                feature_names=[ITEM_FEATURE, *negatives],
                 pooling=PoolingType.SUM,
             ),
         ],
@@ -112,12 +123,14 @@ class TwoTower(nn.Module):
     """Query (user) and candidate (item) towers over one ``EmbeddingBagCollection``.
 
     Args:
-        embedding_bag_collection: tables for the features ``user_idx`` and ``item_idx``.
+        embedding_bag_collection: tables for the features ``user_idx`` and ``item_idx``;
+            any other feature of the item table is a negative item (one id per row).
         layer_sizes: MLP sizes of each tower; the last one is the output dimension ``D``.
         normalize: L2-normalise the tower outputs (cosine similarity, scaled by the loss).
         device: where the towers' dense parameters live.
 
-    Call: ``forward(kjt) -> (query (B, D), candidate (B, D))``.
+    Call: ``forward(kjt) -> (query (B, D), candidate (B, D), negatives (B * k, D))`` with
+    ``k`` negative features (``negatives`` is ``(0, D)`` without them), feature by feature.
     """
 
     def __init__(
@@ -129,11 +142,17 @@ class TwoTower(nn.Module):
     ) -> None:
         super().__init__()
         configs = embedding_bag_collection.embedding_bag_configs()
-        features = [f for c in configs for f in c.feature_names]
-        assert sorted(features) == sorted([USER_FEATURE, ITEM_FEATURE]), (
-            f"the collection must have exactly the features {USER_FEATURE!r} and {ITEM_FEATURE!r}, "
-            f"got {features}"
+        tables = {f: c.name for c in configs for f in c.feature_names}
+        assert USER_FEATURE in tables and ITEM_FEATURE in tables, (
+            f"the collection must have the features {USER_FEATURE!r} and {ITEM_FEATURE!r}, "
+            f"got {sorted(tables)}"
         )
+        negatives = tuple(f for f in tables if f not in (USER_FEATURE, ITEM_FEATURE))
+        assert all(tables[f] == tables[ITEM_FEATURE] for f in negatives), (
+            f"extra features {negatives} must be negative items of the item table "
+            f"{tables[ITEM_FEATURE]!r}"
+        )
+        self.negative_features = negatives
         assert len(layer_sizes) > 0, "each tower needs at least one layer"
         dims = {f: c.embedding_dim for c in configs for f in c.feature_names}
         self.ebc = embedding_bag_collection
@@ -145,11 +164,14 @@ class TwoTower(nn.Module):
         out = tower(pooled)
         return nn.functional.normalize(out, dim=-1) if self.normalize else out
 
-    def forward(self, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = self.ebc(kjt)
         query = self._project(self.query_tower, pooled[USER_FEATURE])
-        candidate = self._project(self.candidate_tower, pooled[ITEM_FEATURE])
-        return query, candidate
+        items = [pooled[ITEM_FEATURE], *(pooled[f] for f in self.negative_features)]
+        # One pass of the candidate tower over the batch's items and the negatives.
+        candidates = self._project(self.candidate_tower, torch.cat(items))
+        n = query.shape[0]
+        return query, candidates[:n], candidates[n:]
 
     @torch.no_grad()
     def encode_users(self, users: torch.Tensor) -> torch.Tensor:
@@ -163,10 +185,11 @@ class TwoTower(nn.Module):
 
     def _encode(self, ids: torch.Tensor, feature: str) -> torch.Tensor:
         n = ids.shape[0]
-        ones, zeros = torch.ones(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)
-        lengths = torch.cat([ones, zeros]) if feature == USER_FEATURE else torch.cat([zeros, ones])
+        keys = [USER_FEATURE, ITEM_FEATURE, *self.negative_features]
+        lengths = torch.zeros(len(keys), n, dtype=torch.int32)
+        lengths[keys.index(feature)] = 1
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=[USER_FEATURE, ITEM_FEATURE], values=ids.long(), lengths=lengths
+            keys=keys, values=ids.long(), lengths=lengths.flatten()
         )
         pooled = self.ebc(kjt)[feature]
         tower = self.query_tower if feature == USER_FEATURE else self.candidate_tower
@@ -183,8 +206,12 @@ class TwoTowerTrainTask(nn.Module):
         the log of each item's probability of appearing as a positive (popularity), the
         sampling-bias correction of in-batch negatives; other rows holding the same item
         (accidental hits) are masked out, and with ``mask_same_user`` so are the other
-        positives of the same user (rows of one user often share a batch: pushing the
-        user's other liked items down as negatives fights the objective).
+        positives of the same user (pushing the user's other liked items down as
+        negatives fights the objective). With ``k`` negative features (the model's
+        ``negative_features``, ``B * k`` items drawn uniformly from the catalogue) every
+        positive also competes with those (mixed negative sampling): then ``q(item)``
+        becomes ``p(item) + k / num_items``, the expected share of the candidate slots
+        the item takes by either route, so the correction stays unbiased.
         ``bce``: binary cross-entropy of ``<q_i, c_i> / temperature`` against the label, as
         in the Databricks notebook.
 
@@ -210,20 +237,32 @@ class TwoTowerTrainTask(nn.Module):
         if item_log_q is not None:
             assert item_log_q.dim() == 1, "item_log_q must be (num_items,)"
             assert torch.isfinite(item_log_q).all(), "item_log_q must be finite (smooth counts)"
+            k = len(two_tower.negative_features)
+            if k:
+                share = k / item_log_q.shape[0]
+                item_log_q = torch.log(item_log_q.double().exp() + share).to(item_log_q.dtype)
         self.register_buffer("item_log_q", item_log_q, persistent=False)
 
     def forward(
         self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        query, candidate = self.two_tower(batch.sparse_features)
+        query, candidate, negatives = self.two_tower(batch.sparse_features)
         logits = (query * candidate).sum(-1) / self.temperature
         labels = batch.labels
         if self.loss_name == "bce":
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            if negatives.shape[0]:
+                loss = loss + negatives.sum() * 0.0  # keep every lookup in the graph
         else:
             features = batch.sparse_features
             items = features[ITEM_FEATURE].values()
             users = features[USER_FEATURE].values() if self.mask_same_user else None
+            if negatives.shape[0]:
+                negative_items = torch.cat(
+                    [features[f].values() for f in self.two_tower.negative_features]
+                )
+                candidate = torch.cat([candidate, negatives])
+                items = torch.cat([items, negative_items])
             loss = self._sampled_softmax(query, candidate, items, labels, users)
         return loss, (loss.detach(), logits.detach(), labels.detach())
 
@@ -235,22 +274,25 @@ class TwoTowerTrainTask(nn.Module):
         labels: torch.Tensor,
         users: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shapes: query, candidate ``(B, D)``; items, labels, users ``(B,)``."""
+        """Shapes: query ``(B, D)``; labels, users ``(B,)``; candidate ``(C, D)`` and items
+        ``(C,)`` with ``C >= B``: the batch's own items first, then any extra negatives."""
         positive = labels > 0.5
         if not bool(positive.any()):
             # Keep the graph (and so the sharded backward's collectives) intact.
             return (query.sum() + candidate.sum()) * 0.0
-        scores = query[positive] @ candidate.T / self.temperature  # (P, B)
+        scores = query[positive] @ candidate.T / self.temperature  # (P, C)
         if self.item_log_q is not None:
             scores = scores - self.item_log_q[items].unsqueeze(0)
         rows = torch.nonzero(positive).squeeze(1)  # (P,) column of each row's own item
-        same_item = items[rows].unsqueeze(1) == items.unsqueeze(0)  # (P, B)
+        same_item = items[rows].unsqueeze(1) == items.unsqueeze(0)  # (P, C)
         own = torch.zeros_like(same_item)
         own[torch.arange(rows.shape[0]), rows] = True
         masked = same_item
         if users is not None:
             # The same user's other liked items are not negatives for this positive.
-            masked = masked | ((users[rows].unsqueeze(1) == users.unsqueeze(0)) & positive)
+            extra = candidate.shape[0] - users.shape[0]
+            same_user = (users[rows].unsqueeze(1) == users.unsqueeze(0)) & positive
+            masked = masked | nn.functional.pad(same_user, (0, extra), value=False)
         scores = scores.masked_fill(masked & ~own, float("-inf"))
         return nn.functional.cross_entropy(scores, rows)
 
@@ -264,10 +306,13 @@ def item_log_q_from_counts(counts: torch.Tensor, smoothing: float = 1.0) -> torc
 # --- checkpoints -------------------------------------------------------------------------
 
 
-def build_two_tower(config: TwoTowerConfig, device: torch.device | str | None = None) -> TwoTower:
-    """An unsharded :class:`TwoTower` for ``config`` (random weights)."""
+def build_two_tower(
+    config: TwoTowerConfig, device: torch.device | str | None = None, negatives: Sequence[str] = ()
+) -> TwoTower:
+    """An unsharded :class:`TwoTower` for ``config`` (random weights); ``negatives`` as in
+    :func:`make_embedding_bag_collection` (training only: a checkpoint never has them)."""
     return TwoTower(
-        make_embedding_bag_collection(config, device=device),
+        make_embedding_bag_collection(config, device=device, negatives=negatives),
         layer_sizes=config.layer_sizes,
         normalize=config.normalize,
         device=torch.device(device) if device is not None else None,

@@ -206,11 +206,18 @@ def steps_per_epoch(
 
 
 def _batches(
-    loader: Iterable[dict[str, torch.Tensor]], layout: BatchLayout, ctx: DistContext, until: str
+    loader: Iterable[dict[str, torch.Tensor]],
+    layout: BatchLayout,
+    ctx: DistContext,
+    until: str,
+    generator: torch.Generator | None = None,
 ) -> Iterator[Batch | None]:
-    """This rank's batches (on the CPU), in lock-step with the other ranks."""
+    """This rank's batches (on the CPU), in lock-step with the other ranks.
+
+    ``generator`` draws the layout's sampled features (e.g. uniform negative items).
+    """
     for columns in lockstep(loader, ctx, until=until):
-        yield None if columns is None else layout.to_batch(columns)
+        yield None if columns is None else layout.to_batch(columns, generator)
 
 
 # --------------------------------------------------------------------------- model
@@ -504,6 +511,8 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
         seed_everything(config.seed)
         model, optimizer, plan = build_sharded_model(spec, config, ctx)
         layout = spec.layout
+        # The layout's sampled features (uniform negatives): a stream per rank, seeded.
+        sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + ctx.rank)
         train_loader = make_loader(config.train, layout, config, train=True, split="train")
         val_loader = make_loader(config.validation, layout, config, train=False, split="validation")
         report_val_loss = bool(getattr(spec, "report_val_loss", True))
@@ -535,7 +544,7 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                 mininterval=2.0 if sys.stderr.isatty() else 30.0,
             )
             start = time.perf_counter()
-            batches = _batches(train_loader, layout, ctx, until="any_done")
+            batches = _batches(train_loader, layout, ctx, until="any_done", generator=sampler)
             loss_sum, rows = _train_epoch(model, optimizer, batches, ctx, config, bar)
             seconds = time.perf_counter() - start
             bar.close()

@@ -28,6 +28,7 @@ from recsys_kedro.models.two_tower import (
     item_log_q_from_counts,
     make_checkpoint,
     model_from_checkpoint,
+    negative_features,
 )
 
 #: The prefix of the two-tower's weights in the train task's state dict.
@@ -41,6 +42,9 @@ class TwoTowerSpec:
     ``item_counts`` (per item index: how often it appears as a candidate, or as a positive)
     feed the log-q correction of the softmax loss; ``None`` trains without it.
     ``mask_same_user`` keeps a user's other positives out of its in-batch negatives.
+    ``uniform_negatives`` (``k``) adds ``k`` items per batch row drawn uniformly from the
+    catalogue to the softmax's candidates (mixed negative sampling: the in-batch negatives
+    are popular items, the uniform ones reach the long tail).
     Each epoch, :class:`RetrievalValidator` computes
     ``val_recall@K`` / ``val_ndcg@K`` for every K of ``validation_ks`` (full catalogue,
     the user's train items masked; ``validation_max_users`` caps the users scored, a seeded
@@ -54,6 +58,7 @@ class TwoTowerSpec:
     temperature: float = 0.05
     item_counts: tuple[int, ...] | None = None
     mask_same_user: bool = False
+    uniform_negatives: int = 0
     name: str = "two_tower"
     monitor: str | None = "val_ndcg@10"
     monitor_mode: str = "max"
@@ -78,6 +83,9 @@ class TwoTowerSpec:
                 f"monitor must be None or one of {sorted(allowed)} (the per-epoch validation "
                 f"metrics), got {self.monitor!r}"
             )
+        if int(self.uniform_negatives) < 0:
+            raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
+        object.__setattr__(self, "uniform_negatives", int(self.uniform_negatives))
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
@@ -90,7 +98,11 @@ class TwoTowerSpec:
 
     @property
     def layout(self) -> BatchLayout:
-        return BATCH_LAYOUT
+        negatives = negative_features(self.uniform_negatives)
+        if not negatives:
+            return BATCH_LAYOUT
+        n = self.model.num_items
+        return dataclasses.replace(BATCH_LAYOUT, sampled=tuple((f, n) for f in negatives))
 
     def build_task(self, device: torch.device) -> nn.Module:
         log_q = None
@@ -98,7 +110,8 @@ class TwoTowerSpec:
             log_q = item_log_q_from_counts(torch.tensor(self.item_counts)).to(device)
         # Tables on the meta device (the sharder allocates each shard on its rank), the
         # towers on this rank's device.
-        two_tower = build_two_tower(self.model, device="meta")
+        negatives = negative_features(self.uniform_negatives)
+        two_tower = build_two_tower(self.model, device="meta", negatives=negatives)
         for tower in (two_tower.query_tower, two_tower.candidate_tower):
             tower.to_empty(device=device)
             for m in tower.modules():

@@ -45,6 +45,7 @@ def two_tower_spec(
             or ``none``).
         model_params: ``embedding_dim``, ``layer_sizes``, ``normalize``.
         training_params: ``loss``, ``temperature``, ``log_q``, ``mask_same_user``,
+            ``uniform_negatives`` (extra negatives per row, drawn uniformly),
             ``monitor`` (the per-epoch validation metric that picks the epoch kept, e.g.
             ``val_ndcg@10``; null: the last epoch) and ``validation`` (``ks``,
             ``max_users``, ``seed``).
@@ -74,6 +75,7 @@ def two_tower_spec(
             temperature=float(training_params["temperature"]),
             item_counts=_log_q_counts(popularity, training_params.get("log_q", "positives")),
             mask_same_user=bool(training_params.get("mask_same_user", False)),
+            uniform_negatives=int(training_params.get("uniform_negatives", 0)),
             monitor=training_params.get("monitor", "val_ndcg@10"),
             validation_ks=tuple(validation.get("ks", (10,))),
             validation_max_users=validation.get("max_users"),
