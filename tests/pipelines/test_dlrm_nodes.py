@@ -11,6 +11,7 @@ from recsys_kedro.models.ranking import (
     build_ranking_model,
     make_checkpoint,
     model_from_checkpoint,
+    score_frame,
 )
 from recsys_kedro.pipelines.dlrm import create_pipeline
 from recsys_kedro.pipelines.dlrm.nodes import (
@@ -18,7 +19,6 @@ from recsys_kedro.pipelines.dlrm.nodes import (
     dlrm_spec,
     evaluate_ranking,
     generate_click_logs,
-    score_split,
     split_click_logs,
     summarise_click_logs,
 )
@@ -133,6 +133,6 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     # counts and settings are run tags, not one-point metric charts
     assert tags["architecture"] == "dlrm" and tags["n_train"] == len(train_pd)
     assert not {"test_n_train", "test_best_epoch", "test_world_size"} & set(mlflow_metrics)
-    probabilities = score_split(model_from_checkpoint(checkpoint), test_pd.iloc[:10])
+    probabilities = score_frame(model_from_checkpoint(checkpoint), test_pd.iloc[:10])
     assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
     assert len(figure.axes) == 2  # AUC against the oracle line, losses

@@ -1,6 +1,9 @@
-"""Pointwise ranking metrics: AUC and log loss of predicted click probabilities."""
+"""Pointwise ranking metrics (AUC and log loss of predicted probabilities) and a floor."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,3 +32,24 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
 def ranking_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """``{"auc", "logloss"}`` of click probabilities against 0/1 labels."""
     return {"auc": auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
+
+
+def logistic_regression_scores(
+    train: Any, test: Any, features: Sequence[str], seed: int = 0
+) -> np.ndarray:
+    """A floor for a ranker: probabilities on ``test`` of a logistic regression fitted on
+    ``train``'s ``features`` (standardised) against its ``label`` (pandas frames)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    columns = list(features)
+    labels = train["label"].to_numpy()
+    if np.unique(labels).size < 2:
+        raise ValueError(
+            f"the logistic regression needs both labels in its training rows, got only "
+            f"{np.unique(labels).tolist()}"
+        )
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    model.fit(train[columns].to_numpy(np.float32), labels)
+    return model.predict_proba(test[columns].to_numpy(np.float32))[:, 1]

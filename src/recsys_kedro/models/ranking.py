@@ -360,6 +360,42 @@ def predict_proba(
     return torch.sigmoid(logits).float().cpu().numpy()
 
 
+def frame_columns(frame: Any, config: RankingConfig) -> dict[str, torch.Tensor]:
+    """Loader-style columns of a pandas frame: ``config``'s features and ``label`` (zeros
+    when absent), jagged features as ``<name>__values`` / ``<name>__lengths``."""
+    from recsys_kedro.mds.block_format import lengths_column, values_column
+
+    n = len(frame)
+    labels = frame["label"].to_numpy(np.float32) if "label" in frame else np.zeros(n, np.float32)
+    out: dict[str, torch.Tensor] = {LABEL: torch.from_numpy(labels)}
+    for name in config.dense_features:
+        out[name] = torch.from_numpy(frame[name].to_numpy(np.float32))
+    for name in config.sparse_features:
+        if name in config.jagged_features:
+            arrays = frame[name].to_numpy()
+            out[values_column(name)] = torch.from_numpy(
+                np.concatenate(arrays).astype(np.int64) if n else np.zeros(0, np.int64)
+            )
+            out[lengths_column(name)] = torch.from_numpy(
+                np.fromiter((len(a) for a in arrays), np.int32, n)
+            )
+        else:
+            out[name] = torch.from_numpy(frame[name].to_numpy(np.int64))
+    return out
+
+
+def score_frame(model: RankingModel, frame: Any, chunk_rows: int = 65536) -> np.ndarray:
+    """Probabilities ``(len(frame),)`` of every row of a pandas frame (unsharded model)."""
+    layout = model.config.layout
+    parts = [
+        predict_proba(
+            model, layout.to_batch(frame_columns(frame.iloc[i : i + chunk_rows], model.config))
+        )
+        for i in range(0, len(frame), chunk_rows)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -20,13 +18,8 @@ from recsys_kedro.data.click_logs import ClickLogSpec
 from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
-from recsys_kedro.evaluation.ranking import ranking_metrics
-from recsys_kedro.models.ranking import (
-    RankingConfig,
-    RankingModel,
-    model_from_checkpoint,
-    predict_proba,
-)
+from recsys_kedro.evaluation.ranking import logistic_regression_scores, ranking_metrics
+from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, score_frame
 from recsys_kedro.pipelines.reporting import metrics_and_tags
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
@@ -136,52 +129,6 @@ def dlrm_spec(data_params: dict[str, Any], model_params: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- report
 
 
-def _columns(frame: pd.DataFrame, config: RankingConfig) -> dict[str, torch.Tensor]:
-    """Loader-style columns of a pandas split (jagged features as values + lengths)."""
-    from recsys_kedro.mds.block_format import lengths_column, values_column
-
-    out: dict[str, torch.Tensor] = {"label": torch.from_numpy(frame["label"].to_numpy(np.float32))}
-    for name in config.dense_features:
-        out[name] = torch.from_numpy(frame[name].to_numpy(np.float32))
-    for name in config.sparse_features:
-        if name in config.jagged_features:
-            arrays = frame[name].to_numpy()
-            out[values_column(name)] = torch.from_numpy(
-                np.concatenate(arrays).astype(np.int64) if len(arrays) else np.zeros(0, np.int64)
-            )
-            out[lengths_column(name)] = torch.from_numpy(
-                np.fromiter((len(a) for a in arrays), np.int32, len(arrays))
-            )
-        else:
-            out[name] = torch.from_numpy(frame[name].to_numpy(np.int64))
-    return out
-
-
-def score_split(model: RankingModel, frame: pd.DataFrame, chunk_rows: int = 65536) -> np.ndarray:
-    """Click probabilities of every row of ``frame`` from the unsharded model."""
-    layout = model.config.layout
-    parts = [
-        predict_proba(
-            model, layout.to_batch(_columns(frame.iloc[i : i + chunk_rows], model.config))
-        )
-        for i in range(0, len(frame), chunk_rows)
-    ]
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def _logistic_regression(
-    train: pd.DataFrame, test: pd.DataFrame, dense: list[str], seed: int
-) -> np.ndarray:
-    """The floor: a logistic regression on the dense features only (standardised)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
-    model.fit(train[dense].to_numpy(np.float32), train["label"].to_numpy())
-    return model.predict_proba(test[dense].to_numpy(np.float32))[:, 1]
-
-
 def evaluate_ranking(
     model: dict[str, Any],
     train: pd.DataFrame,
@@ -201,11 +148,11 @@ def evaluate_ranking(
     """
     ranker = model_from_checkpoint(model)
     config = ranker.config
-    p_model = score_split(ranker, test)
+    p_model = score_frame(ranker, test)
     labels = test["label"].to_numpy()
     ours = ranking_metrics(labels, p_model)
     oracle = ranking_metrics(labels, test["p_true"].to_numpy())
-    p_logreg = _logistic_regression(
+    p_logreg = logistic_regression_scores(
         train, test, list(config.dense_features), int(params.get("seed", 0))
     )
     floor = ranking_metrics(labels, p_logreg)
@@ -262,7 +209,6 @@ __all__ = [
     "dlrm_spec",
     "evaluate_ranking",
     "generate_click_logs",
-    "score_split",
     "split_click_logs",
     "summarise_click_logs",
 ]
