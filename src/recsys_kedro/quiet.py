@@ -17,8 +17,6 @@ __all__ = ["KNOWN_LOG_NOISE", "KNOWN_WARNINGS", "KnownNoiseFilter", "silence_kno
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # omegaconf deprecates the resolver API that Kedro and kedro-mlflow still call.
     (UserWarning, r"register_new_resolver\(\) is deprecated"),
-    # MLflow asks kedro-mlflow's pipeline model for type hints (coloured, hence the escape).
-    (UserWarning, r"(\x1b\[\d+m)?Add type hints to the `predict` method"),
     # TorchRec's planner / DMP internals, fixed upstream, nothing to change on our side.
     (FutureWarning, r"HeuristicalStorageReservation is known to cause issues"),
     (FutureWarning, r"`broadcast_buffers` is deprecated"),
@@ -42,6 +40,11 @@ KNOWN_LOG_NOISE: dict[str, tuple[str, ...]] = {
     ),
     # torch.fx announces an API change the first time a TorchRec module is traced.
     "torch.fx._symbolic_trace": ("is_fx_tracing will return true",),
+    # MLflow asks kedro-mlflow's pipeline model for type hints when kedro-mlflow is imported.
+    # MLflow emits it under its own `simplefilter("once")`, which outranks any warnings
+    # filter; Kedro routes warnings to this logger (logging.captureWarnings), so it is
+    # dropped here. The `kedro.init` entry point installs this before plugins load.
+    "py.warnings": ("Add type hints to the `predict` method",),
 }
 
 
