@@ -94,6 +94,9 @@ def build(config: RankingConfig, seed: int = 0) -> RankingModel:
         (dict(dense_arch_layer_sizes=(8, 6)), "last dense arch size must equal embedding_dim"),
         (dict(over_arch_layer_sizes=(8, 2)), r"end with 1 \(the logit\)"),
         (dict(over_arch_layer_sizes=(1,)), "at least two layers"),
+        (dict(dense_mean=(0.0, 0.0, 0.0)), "go together"),
+        (dict(dense_mean=(0.0,), dense_std=(1.0,)), "one value per dense feature"),
+        (dict(dense_mean=(0.0, 0.0, 0.0), dense_std=(1.0, 0.0, 1.0)), "dense_std > 0"),
     ],
 )
 def test_config_errors_name_the_field_and_the_fix(overrides, match):
@@ -252,3 +255,27 @@ def test_foreign_or_incomplete_checkpoints_are_refused(tmp_path):
     state.pop("model.over_arch.model.1.bias")
     with pytest.raises(RuntimeError, match="Missing key"):
         model_from_checkpoint(make_checkpoint(config, state))
+
+
+def test_a_standardising_model_scores_raw_features_as_the_plain_model_scores_standard_ones(
+    config, tmp_path
+):
+    mean, std = (1.0, -2.0, 0.5), (2.0, 0.5, 4.0)
+    scaled_config = dataclasses.replace(config, dense_mean=mean, dense_std=std)
+    plain, scaled = build(config), build(scaled_config)
+    scaled.load_state_dict(plain.state_dict())  # the statistics are config, not weights
+    columns = make_columns(scale=3.0)
+    standard = dict(columns)
+    for j, name in enumerate(config.dense_features):
+        standard[name] = (columns[name] - mean[j]) / std[j]
+    want = predict_proba(plain, config.layout.to_batch(standard))
+    got = predict_proba(scaled, config.layout.to_batch(columns))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert not np.allclose(got, predict_proba(plain, config.layout.to_batch(columns)))
+    path = tmp_path / "scaled.pt"
+    torch.save(make_checkpoint(scaled_config, scaled.state_dict()), path)
+    restored = load_ranking_model(str(path))
+    assert restored.config.dense_mean == mean
+    np.testing.assert_allclose(
+        predict_proba(restored, config.layout.to_batch(columns)), got, rtol=1e-6
+    )

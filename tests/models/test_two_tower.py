@@ -136,6 +136,7 @@ def test_uniform_negatives_join_the_softmax_with_a_mixed_log_q():
     # q = p + k / num_items (the expected share of candidate slots per item).
     mixed_q = torch.log(log_q.exp() + k / CONFIG.num_items)
     items = batch.sparse_features["item_idx"].values()
+    q, c, neg = q.detach(), c.detach(), neg.detach()
     want = _manual_softmax_loss(
         q,
         torch.cat([c, neg]),

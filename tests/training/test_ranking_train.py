@@ -288,3 +288,66 @@ def test_sparse_dist_train_pipeline_on_cpu(data, tmp_path):
     plain, _ = _run(_spec("dlrm"), plain_config, tmp_path / "plain")
     for key in ("train_loss", "val_loss", "val_auc"):
         np.testing.assert_allclose(r0["history"][key], plain["history"][key], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- list validation
+
+
+def _list_rows(seed: int = 5, per_user: int = 10) -> dict[str, np.ndarray]:
+    """Validation *lists*: each user's ``per_user`` distinct items (a pair at most once)."""
+    rows = _rows(N_USERS * per_user, seed)
+    rng = np.random.default_rng(seed)
+    rows["user"] = np.repeat(np.arange(N_USERS), per_user).astype(np.int64)
+    rows["item"] = np.concatenate(
+        [rng.choice(N_ITEMS, per_user, replace=False) for _ in range(N_USERS)]
+    ).astype(np.int64)
+    return rows
+
+
+def _list_spec() -> RankingSpec:
+    return dataclasses.replace(
+        _spec(),
+        list_ks=(5,),
+        list_key="user",
+        list_item="item",
+        monitor="val_list_ndcg@5",
+    )
+
+
+def test_list_validator_scores_each_list_as_list_metrics_do(tmp_path):
+    from recsys_kedro.evaluation.lists import list_metrics
+    from recsys_kedro.training.ranking import ListValidator
+
+    rows = _list_rows()
+    folder = _write(tmp_path / "lists", rows)
+    spec = _list_spec()
+    torch.manual_seed(0)
+    model = build_ranking_model(spec.model)
+    validator = spec.make_validator(folder, folder)
+    assert isinstance(validator, ListValidator)
+    got = validator(RankingTrainTask(model).state_dict())
+    scores = predict_proba(model, spec.model.layout.to_batch(_to_columns(rows)))
+    positive = rows["label"] == 1
+    want = list_metrics(
+        rows["user"], rows["item"], scores, rows["user"][positive], rows["item"][positive], [5]
+    )
+    assert got == pytest.approx(
+        {"val_list_ndcg@5": want["ndcg@5"], "val_list_recall@5": want["recall@5"]}
+    )
+    small = ListValidator(spec, validator.columns, chunk_rows=7)  # jagged chunks line up
+    assert small(RankingTrainTask(model).state_dict()) == pytest.approx(got)
+    assert _spec().make_validator(folder, folder) is None  # no lists: no validator
+    with pytest.raises(ValueError, match="list_key"):
+        dataclasses.replace(_spec(), list_ks=(5,))
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        dataclasses.replace(_spec(), monitor="val_list_ndcg@5")
+
+
+def test_the_kept_epoch_is_the_best_list_ndcg_on_two_ranks(data, tmp_path):
+    folder = _write(tmp_path / "lists", _list_rows())
+    config = _config(data, tmp_path, validation=folder)
+    r0, r1 = _run(_list_spec(), config, tmp_path / "out")
+    assert r0 == r1
+    ndcg = r0["history"]["val_list_ndcg@5"]
+    assert len(ndcg) == EPOCHS and r0["monitor"] == "val_list_ndcg@5"
+    assert r0["best_epoch"] == int(np.argmax(ndcg)) + 1

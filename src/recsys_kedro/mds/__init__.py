@@ -11,6 +11,7 @@ from recsys_kedro.mds.reader import (
     MDSCacheError,
     make_streaming_dataset,
     read_mds_columns,
+    read_mds_layout_columns,
     read_mds_rows,
 )
 from recsys_kedro.mds.writer import (
@@ -39,6 +40,7 @@ __all__ = [
     "read_block_metadata",
     "read_mds_columns",
     "read_mds_folder",
+    "read_mds_layout_columns",
     "read_mds_rows",
     "to_blocks",
     "to_mosaic_uri",

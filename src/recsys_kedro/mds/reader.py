@@ -214,3 +214,30 @@ def read_mds_rows(folder: MDSFolder, columns: list[str]) -> dict[str, np.ndarray
             f"{folder.num_rows}: the folder is incomplete or was rewritten while being read"
         )
     return out
+
+
+def read_mds_layout_columns(
+    folder: MDSFolder, scalar: list[str], jagged: list[str] = ()
+) -> dict[str, np.ndarray]:
+    """Every row of a block-layout folder as loader-style columns: each ``scalar`` column
+    whole, each ``jagged`` feature as ``<name>__values`` (concatenated) and
+    ``<name>__lengths`` (one per row), in index order (held in memory: for validation).
+
+    Raises:
+        ValueError: a row-layout folder asked for jagged features (they need blocks).
+    """
+    from recsys_kedro.mds.block_format import lengths_column, values_column
+
+    out = read_mds_rows(folder, list(scalar))
+    if not jagged:
+        return out
+    if folder.layout != "block":
+        raise ValueError(f"{folder.source}: jagged features {list(jagged)} need the block layout")
+    data = read_mds_columns(folder)
+    for name in jagged:
+        for column in (values_column(name), lengths_column(name)):
+            if column not in data:
+                raise KeyError(f"{folder.source} has no jagged feature {name!r} ({column})")
+            parts = list(data[column])
+            out[column] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return out

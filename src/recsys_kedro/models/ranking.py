@@ -79,6 +79,9 @@ class RankingConfig:
         deepfm_hidden_layer_size: Hidden size of DeepFM's dense arch.
         deepfm_dimension: Output size of DeepFM's deep interaction.
         pooling: How a bag of several ids is pooled: ``sum`` or ``mean``.
+        dense_mean, dense_std: Optional standardisation of the dense input, one value per
+            dense feature (from the training rows): the model sees ``(x - mean) / std``.
+            Part of the model, so whoever loads the checkpoint scores raw features alike.
     """
 
     dense_features: tuple[str, ...]
@@ -94,6 +97,8 @@ class RankingConfig:
     deepfm_hidden_layer_size: int = 64
     deepfm_dimension: int = 16
     pooling: str = "mean"
+    dense_mean: tuple[float, ...] | None = None
+    dense_std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists (from JSON / YAML) become tuples: the config stays hashable and comparable.
@@ -103,6 +108,25 @@ class RankingConfig:
             object.__setattr__(self, name, _ints(getattr(self, name), name))
         self._check_features()
         self._check_sizes()
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        if (self.dense_mean is None) != (self.dense_std is None):
+            raise ValueError("dense_mean and dense_std go together: give both or neither")
+        if self.dense_mean is None:
+            return
+        mean = tuple(float(v) for v in self.dense_mean)
+        std = tuple(float(v) for v in self.dense_std)
+        n = len(self.dense_features)
+        if len(mean) != n or len(std) != n:
+            raise ValueError(
+                f"dense_mean and dense_std need one value per dense feature ({n}), got "
+                f"{len(mean)} and {len(std)}"
+            )
+        if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
+            raise ValueError(f"dense_mean must be finite and dense_std > 0, got {mean}, {std}")
+        object.__setattr__(self, "dense_mean", mean)
+        object.__setattr__(self, "dense_std", std)
 
     def _check_features(self) -> None:
         if not self.dense_features:
@@ -236,6 +260,14 @@ class RankingModel(nn.Module):
         )
         self.model = model
         self.config = config
+        self.scaled = config.dense_mean is not None
+        if self.scaled:
+            # Derived from the config, not weights: kept out of the state dict.
+            device = next(p.device for p in model.over_arch.parameters())
+            mean = torch.tensor(config.dense_mean, dtype=torch.float32, device=device)
+            std = torch.tensor(config.dense_std, dtype=torch.float32, device=device)
+            self.register_buffer("dense_mean", mean, persistent=False)
+            self.register_buffer("dense_std", std, persistent=False)
 
     @property
     def embedding_bag_collection(self) -> EmbeddingBagCollection:
@@ -244,6 +276,8 @@ class RankingModel(nn.Module):
     def forward(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
     ) -> torch.Tensor:
+        if self.scaled:
+            dense_features = (dense_features - self.dense_mean) / self.dense_std
         return self.model(dense_features, sparse_features).squeeze(-1)
 
 
