@@ -111,7 +111,7 @@ def test_one_setting_moves_every_layer_to_the_volume():
     assert layers >= {"02", "03", "04", "05", "06", "07", "08"}, layers
     off_volume = {n: p for n, p in paths.items() if not p.startswith(root + "/")}
     assert not off_volume, off_volume
-    for model in ("two_tower", "dlrm"):
+    for model in ("two_tower", "dlrm", "recommend"):
         staging = loader["parameters"][model]["training"]["checkpoint_dir"]
         assert staging == f"{root}/06_models/staging"
     local = _loader("local")

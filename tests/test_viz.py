@@ -38,6 +38,7 @@ def test_kedro_viz_build(tmp_path):
         "two_tower",
         "two_tower_tune",
         "dlrm",
+        "recommend",
     }
     tune = json.loads((tmp_path / "build" / "api" / "pipelines" / "two_tower_tune").read_text())
     tune_modular = {n["name"] for n in tune["nodes"] if n["type"] == "modularPipeline"}
@@ -49,3 +50,8 @@ def test_kedro_viz_build(tmp_path):
     # the shared stages are the same nodes, instantiated once per pipeline
     tasks = {n["name"] for n in dlrm["nodes"] if n["type"] == "task"}
     assert {"train_model", "export_train", "generate_click_logs", "evaluate_ranking"} <= tasks
+    funnel = json.loads((tmp_path / "build" / "api" / "pipelines" / "recommend").read_text())
+    funnel_modular = {n["name"] for n in funnel["nodes"] if n["type"] == "modularPipeline"}
+    # the funnel: the two_tower stages it needs, then its own, sharing export and training
+    want = ("retrieval", "features", "export", "training", "evaluation")
+    assert {"two_tower.training"} | {f"recommend.{s}" for s in want} <= funnel_modular

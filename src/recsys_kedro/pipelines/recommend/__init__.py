@@ -1,0 +1,5 @@
+"""The `recommend` pipeline (the two-stage funnel)."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

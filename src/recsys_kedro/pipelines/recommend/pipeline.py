@@ -1,0 +1,258 @@
+"""recommend: the two-stage funnel, in namespace recommend on top of two_tower's stages.
+
+two_tower (ingestion -> features -> export -> training, and its embeddings) ->
+``retrieval`` (FAISS index, candidate lists) -> ``features`` (side features from the train
+split, in Spark) -> ``export`` and ``training`` (the shared modular pipelines: the DLRM
+ranker on the fit lists, stopped on the holdout lists) -> ``evaluation`` (rerank the serve
+lists, top K, report). ``rated_pairs``: the ablation, the same ranker (same stages, same
+parameters) trained pointwise on the train split's rated pairs.
+"""
+
+import warnings
+
+from kedro.pipeline import Pipeline, node
+
+from recsys_kedro.pipelines import export, training
+from recsys_kedro.pipelines import two_tower as two_tower_pipeline
+
+from .nodes import (
+    build_item_profiles,
+    build_ranker_lists,
+    build_rated_pair_splits,
+    build_retrieval_index,
+    build_side_statistics,
+    build_user_profiles,
+    ranker_spec,
+    rated_pair_rows,
+    rated_pairs_spec,
+    rerank_and_evaluate,
+    retrieve_candidates,
+)
+
+NAMESPACE = "recommend"
+TT = "two_tower"
+#: The two_tower nodes the funnel needs: everything up to the model, and its embeddings
+#: (not its own evaluation: the funnel evaluates what it serves).
+_TWO_TOWER_EVALUATION = f"{TT}.evaluation."
+_KEEP = {f"{TT}.evaluation.embed_users_and_items"}
+
+
+def _two_tower_stages() -> Pipeline:
+    full = two_tower_pipeline.create_pipeline()
+    return Pipeline(
+        [n for n in full.nodes if not n.name.startswith(_TWO_TOWER_EVALUATION) or n.name in _KEEP]
+    )
+
+
+def _rated_pairs_ablation() -> Pipeline:
+    """The same ranker trained pointwise on the logged rated pairs (namespace
+    ``recommend.rated_pairs``; the ranker's own parameters): what the lists are for."""
+    splits = Pipeline(
+        [
+            node(
+                build_rated_pair_splits,
+                inputs=[
+                    "rated_pair_rows@spark",
+                    "user_profiles",
+                    "item_profiles",
+                    "user_statistics",
+                    "item_statistics",
+                ],
+                outputs=["train_split@spark", "validation_split@spark"],
+                name="build_rated_pair_splits",
+            )
+        ]
+    )
+    spec = Pipeline(
+        [
+            node(
+                rated_pairs_spec,
+                inputs=["feature_summary", "train_split@pandas", "params:model"],
+                outputs="model_spec",
+                name="rated_pairs_spec",
+            )
+        ],
+        namespace="training",
+        prefix_datasets_with_namespace=False,
+    )
+    # Training reads the train and validation splits only: no test export here.
+    exports = Pipeline(
+        [n for n in export.create_pipeline().nodes if n.name != "export.export_test"]
+    )
+    return Pipeline(
+        splits + exports + spec + training.create_pipeline(),
+        namespace="rated_pairs",
+        inputs={
+            "rated_pair_rows@spark",
+            "user_profiles",
+            "item_profiles",
+            "user_statistics",
+            "item_statistics",
+            "feature_summary",
+        },
+        parameters={
+            "params:model": "params:model",
+            "params:training": "params:training",
+            "params:export": "params:export",
+        },
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    # The funnel reads the two_tower pipeline's outputs by their namespaced names (it is
+    # built on that model, not on a copy of it); Kedro warns about any dotted name outside
+    # a node's own namespace, which is exactly this deliberate cross-namespace read.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'")
+        return _create_pipeline()
+
+
+def _create_pipeline() -> Pipeline:
+    retrieval = Pipeline(
+        [
+            node(
+                build_retrieval_index,
+                inputs=[f"{TT}.item_embeddings", "params:retrieval.index"],
+                outputs="retrieval_index",
+                name="build_retrieval_index",
+            ),
+            node(
+                retrieve_candidates,
+                inputs=[
+                    f"{TT}.user_embeddings",
+                    f"{TT}.item_embeddings",
+                    "retrieval_index",
+                    f"{TT}.train_split@pandas",
+                    f"{TT}.validation_split@pandas",
+                    f"{TT}.test_split@pandas",
+                    "params:retrieval",
+                ],
+                outputs=["candidates@pandas", "retrieval_report"],
+                name="retrieve_candidates",
+            ),
+            node(
+                rated_pair_rows,
+                inputs=[
+                    f"{TT}.user_embeddings",
+                    f"{TT}.item_embeddings",
+                    f"{TT}.train_split@pandas",
+                    f"{TT}.validation_split@pandas",
+                ],
+                outputs="rated_pair_rows@pandas",
+                name="rated_pair_rows",
+            ),
+        ],
+        namespace="retrieval",
+        prefix_datasets_with_namespace=False,
+    )
+    features = Pipeline(
+        [
+            node(
+                build_user_profiles,
+                inputs=["raw_users", f"{TT}.user_index@spark", "params:features"],
+                outputs="user_profiles",
+                name="build_user_profiles",
+            ),
+            node(
+                build_item_profiles,
+                inputs=["raw_items", f"{TT}.item_index@spark", "params:features"],
+                outputs="item_profiles",
+                name="build_item_profiles",
+            ),
+            node(
+                build_side_statistics,
+                inputs=[
+                    f"{TT}.train_split@spark",
+                    f"{TT}.user_index@spark",
+                    f"{TT}.item_index@spark",
+                    "user_profiles",
+                    "item_profiles",
+                    "params:features",
+                ],
+                outputs=["user_statistics", "item_statistics", "feature_summary"],
+                name="build_side_statistics",
+            ),
+            node(
+                build_ranker_lists,
+                inputs=[
+                    "candidates@spark",
+                    "user_profiles",
+                    "item_profiles",
+                    "user_statistics",
+                    "item_statistics",
+                ],
+                outputs=["train_split@spark", "validation_split@spark", "test_split@spark"],
+                name="build_ranker_lists",
+            ),
+        ],
+        namespace="features",
+        prefix_datasets_with_namespace=False,
+    )
+    spec = Pipeline(
+        [
+            node(
+                ranker_spec,
+                inputs=[
+                    "feature_summary",
+                    "train_split@pandas",
+                    "params:model",
+                    "params:training",
+                ],
+                outputs="model_spec",
+                name="ranker_spec",
+            )
+        ],
+        namespace="training",
+        prefix_datasets_with_namespace=False,
+    )
+    evaluation = Pipeline(
+        [
+            node(
+                rerank_and_evaluate,
+                inputs=[
+                    "model",
+                    "rated_pairs.model",
+                    "train_split@pandas",
+                    "validation_split@pandas",
+                    "test_split@pandas",
+                    f"{TT}.train_split@pandas",
+                    f"{TT}.validation_split@pandas",
+                    f"{TT}.test_split@pandas",
+                    f"{TT}.user_index@pandas",
+                    f"{TT}.item_index@pandas",
+                    "retrieval_report",
+                    "training_summary",
+                    "params:evaluation",
+                ],
+                outputs=["recommendations", "metrics", "test_metrics", "run_tags", "metrics_at_k"],
+                name="rerank_and_evaluate",
+            )
+        ],
+        namespace="evaluation",
+        prefix_datasets_with_namespace=False,
+    )
+    funnel = Pipeline(
+        retrieval
+        + features
+        + export.create_pipeline()
+        + spec
+        + training.create_pipeline()
+        + _rated_pairs_ablation()
+        + evaluation,
+        namespace=NAMESPACE,
+        inputs={
+            "raw_users",
+            "raw_items",
+            f"{TT}.item_embeddings",
+            f"{TT}.user_embeddings",
+            f"{TT}.train_split@pandas",
+            f"{TT}.validation_split@pandas",
+            f"{TT}.test_split@pandas",
+            f"{TT}.train_split@spark",
+            f"{TT}.user_index@spark",
+            f"{TT}.item_index@spark",
+            f"{TT}.user_index@pandas",
+            f"{TT}.item_index@pandas",
+        },
+    )
+    return _two_tower_stages() + funnel

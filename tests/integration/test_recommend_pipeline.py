@@ -1,0 +1,129 @@
+"""The whole recommend funnel through Kedro's runner on the small two_tower fixture.
+
+Real parts all the way: Spark (two-tower data stages, side features), FAISS, MDS shards,
+TorchDistributor with 2 gloo processes training both the two-tower and the DLRM ranker
+through the shared trainer, kedro-mlflow on a SQLite store.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_kedro.mds import count_block_rows
+
+from .conftest import make_project, run_project
+from .test_two_tower_pipeline import N_ITEMS, N_USERS, SMALL_RUN, _write_fixture_inter
+
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+
+
+def _write_side_files(raw) -> None:
+    """``ml-100k.user`` / ``.item`` for the fixture's ids, RecBole atomic format; user 7
+    has no profile and item 3 has only the "unknown" genre (both must be handled)."""
+    rng = np.random.default_rng(5)
+    with (raw / "ml-100k.user").open("w") as f:
+        f.write("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n")
+        for u in range(1, N_USERS + 1):
+            if u != 7:
+                job = rng.choice(["artist", "doctor", "student"])
+                f.write(f"{u}\t{rng.integers(15, 70)}\t{rng.choice(['F', 'M'])}\t{job}\t0{u:04d}\n")
+    with (raw / "ml-100k.item").open("w") as f:
+        f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
+        for i in range(1, N_ITEMS + 1):
+            genres = "unknown" if i == 3 else " ".join(GENRES[j] for j in {i % 4, (i // 4) % 4})
+            f.write(f"{i}\tMovie {i}\t{1950 + i}\t{genres}\n")
+
+
+PARAMS = {
+    "two_tower": copy.deepcopy(SMALL_RUN),
+    "recommend": {
+        "retrieval": {"n_candidates": 15},
+        "export": {"num_partitions": 2},  # a block per partition: one for each rank
+        "model": {"embedding_dim": 8, "dense_arch_layer_sizes": [16, 8]},
+        "training": {"epochs": 2, "batch_size": 64, "eval_batch_size": 256, "progress": False},
+        "evaluation": {"ks": [5, 15], "top_k": 4},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, spark):
+    root = make_project(tmp_path_factory.mktemp("recommend_project"))
+    raw = root / "data" / "01_raw" / "ml-100k"
+    _write_fixture_inter(raw / "ml-100k.inter")
+    _write_side_files(raw)
+    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
+    return root
+
+
+def test_metrics_file_reports_the_funnel_against_its_baselines(pipeline_run):
+    metrics = json.loads((pipeline_run / "data/08_reporting/recommend_metrics.json").read_text())
+    for key in (
+        "retrieval_recall@15", "retrieval_recall@5", "retrieval_ndcg@5", "rerank_recall@5",
+        "rerank_ndcg@5", "ranker_test_auc", "logreg_rerank_ndcg@5", "popularity_ndcg@5",
+        "ann_recall_vs_exact", "rated_pairs_rerank_ndcg@5", "val_rerank_ndcg@5",
+    ):  # fmt: skip
+        assert key in metrics, key
+        assert 0.0 <= metrics[key] <= 1.0
+    # A 15-item list holds the same items whatever their order: recall@15 cannot change.
+    assert metrics["rerank_recall@15"] == pytest.approx(metrics["retrieval_recall@15"])
+    assert metrics["n_eval_users"] > 0 and metrics["epochs"] == 2
+    assert (pipeline_run / "data/08_reporting/recommend_metrics_at_k.png").stat().st_size > 0
+
+
+def test_ranker_rows_are_exported_list_by_list(pipeline_run):
+    root = pipeline_run
+    report = json.loads((root / "data/08_reporting/recommend_retrieval.json").read_text())
+    assert report["serve_users"] == N_USERS and report["serve_rows"] == 15 * N_USERS
+    for split, lists in (("train", "fit"), ("validation", "holdout"), ("test", "serve")):
+        mds = str(root / "data/05_model_input/recommend/mds" / split)
+        assert count_block_rows(mds) == report[f"{lists}_rows"], split
+    summary = json.loads((root / "data/04_feature/recommend/feature_summary.json").read_text())
+    cards = summary["cardinalities"]
+    assert cards["user_idx"] == N_USERS and cards["item_idx"] == N_ITEMS
+    assert cards["genres"] == len(GENRES) + 1  # 0 = no genre
+    serve = pd.read_parquet(root / "data/05_model_input/recommend/splits/test")
+    assert serve["genres"].map(len).min() >= 1  # a jagged feature never empty
+
+
+def test_the_ablation_ranker_trains_on_the_rated_pairs(pipeline_run):
+    root = pipeline_run
+    stats = json.loads((root / "data/08_reporting/two_tower_split_statistics.json").read_text())
+    mds = str(root / "data/05_model_input/recommend/mds/rated_pairs.train")
+    assert count_block_rows(mds) == stats["train"]["interactions"]
+    spec = json.loads((root / "data/06_models/recommend.rated_pairs_spec.json").read_text())["spec"]
+    ranker = json.loads((root / "data/06_models/recommend_spec.json").read_text())["spec"]
+    assert spec["name"] == "recommend.rated_pairs" and spec["monitor"] == "val_auc"
+    assert ranker["monitor"] == "val_list_ndcg@10"  # the ranker is stopped by its lists
+    # the same model, its own standardisation (from its own train rows)
+    same = {k: v for k, v in spec["model"].items() if not k.startswith("dense_")}
+    assert same == {k: v for k, v in ranker["model"].items() if not k.startswith("dense_")}
+
+
+def test_top_k_output_uses_original_ids(pipeline_run):
+    top = pd.read_parquet(pipeline_run / "data/07_model_output/recommend/top_k.parquet")
+    assert list(top.columns) == ["user_id", "item_id", "rank", "retrieval_score", "ranker_score"]
+    assert top.groupby("user_id").size().eq(4).all() and top["user_id"].nunique() == N_USERS
+    assert set(top["item_id"].astype(int)) <= set(range(1, N_ITEMS + 1))
+    first = top[top["rank"] == 1].set_index("user_id")["ranker_score"]
+    fourth = top[top["rank"] == 4].set_index("user_id")["ranker_score"]
+    assert (first >= fourth).all()
+
+
+def test_mlflow_run_holds_both_models(pipeline_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{pipeline_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("recsys_kedro")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["recommend.retrieval.n_candidates"] == "15"
+    assert "recommend.test_rerank_ndcg_at_5" in run.data.metrics
+    assert "two_tower.val_ndcg_at_10" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "recommend.val_auc")) == 2
+    # the ablation's ranker is its own curve set in the same run
+    assert client.get_metric_history(run.info.run_id, "recommend.rated_pairs.train_loss")
