@@ -127,3 +127,40 @@ def test_mlflow_run_holds_both_models(pipeline_run):
     assert len(client.get_metric_history(run.info.run_id, "recommend.val_auc")) == 2
     # the ablation's ranker is its own curve set in the same run
     assert client.get_metric_history(run.info.run_id, "recommend.rated_pairs.train_loss")
+
+
+SERVE = """
+import sys
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+users = pd.read_parquet(sys.argv[2])["user_id"].drop_duplicates()
+model.predict(pd.DataFrame({"user_id": users})).to_parquet(sys.argv[3])
+"""
+
+
+def test_the_servable_model_serves_what_the_batch_path_wrote(pipeline_run, tmp_path):
+    """Loaded by MLflow in a fresh process (no Kedro, no Spark): the same top K, in the
+    same order, with the same ranker scores as the pipeline's own output, so the features
+    it builds in pandas are the ones the pipeline built in Spark."""
+    import subprocess
+    import sys
+
+    root = pipeline_run
+    model_dir = root / "data/06_models/recommender"
+    batch_path = root / "data/07_model_output/recommend/top_k.parquet"
+    out = tmp_path / "served.parquet"
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, str(model_dir), str(batch_path), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = pd.read_parquet(out)
+    batch = pd.read_parquet(batch_path)
+    assert len(served) == len(batch)
+    key = ["user_id", "rank"]
+    merged = batch.sort_values(key).reset_index(drop=True)
+    served = served.sort_values(key).reset_index(drop=True)
+    assert served["item_id"].tolist() == merged["item_id"].tolist()
+    np.testing.assert_allclose(served["score"], merged["ranker_score"], rtol=1e-4, atol=1e-6)

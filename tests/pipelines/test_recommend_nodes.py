@@ -13,6 +13,7 @@ from recsys_kedro.pipelines.recommend.nodes import (
     DENSE_FEATURES,
     SPARSE_FEATURES,
     build_retrieval_index,
+    package_recommender,
     ranker_spec,
     rated_pair_rows,
     rerank_and_evaluate,
@@ -275,3 +276,56 @@ def test_rated_pairs_carry_the_retrieval_features_of_a_candidate(data):
     full = i_emb @ u_emb[int(first["user_idx"])]
     assert first["retrieval_score"] == pytest.approx(full[int(first["item_idx"])], rel=1e-5)
     assert first["retrieval_rank"] == 1 + int((full > full[int(first["item_idx"])]).sum())
+
+
+def test_package_recommender_serves_from_the_run_tables(data, lists):
+    users, items, train, validation, _ = data
+    rng = np.random.default_rng(9)
+    users = users.assign(user_id=[f"u{u}" for u in range(N_USERS)])
+    items = items.assign(item_id=[f"i{i}" for i in range(N_ITEMS)])
+    index = build_retrieval_index(items, INDEX)
+    config = spec_from_dict(
+        ranker_spec(_summary(), lists[0][lists[0]["list"] == "fit"], MODEL, TRAINING)
+    ).model
+    model = make_checkpoint(config, build_ranking_model(config).state_dict())
+    user_profiles = pd.DataFrame({"user_idx": range(N_USERS)})
+    for c in ("age_bucket", "gender", "occupation", "zip_prefix"):
+        user_profiles[c] = rng.integers(0, 5, N_USERS)
+    user_stats = pd.DataFrame(
+        {
+            "user_idx": range(N_USERS),
+            "user_log_activity": rng.random(N_USERS),
+            "user_mean_rating": rng.random(N_USERS),
+            "user_genre_share": [rng.dirichlet(np.ones(4)) for _ in range(N_USERS)],
+        }
+    )
+    item_profiles = pd.DataFrame(
+        {
+            "item_idx": range(N_ITEMS),
+            "year_bucket": rng.integers(0, 5, N_ITEMS),
+            "genres": [rng.choice(4, 2, replace=False) for _ in range(N_ITEMS)],
+        }
+    )
+    item_stats = pd.DataFrame(
+        {
+            "item_idx": range(N_ITEMS),
+            "item_log_popularity": rng.random(N_ITEMS),
+            "item_mean_rating": rng.random(N_ITEMS),
+        }
+    )
+    args = (users, items, index, model, user_profiles, item_profiles, user_stats, item_stats)
+    local, logged = package_recommender(
+        *args, train, validation, RETRIEVAL, {"top_k": 4, "ks": [5]}
+    )
+    assert local is logged
+    top = local.predict(None, pd.DataFrame({"user_id": ["u3", "u3"]}))
+    assert top["rank"].tolist() == [1, 2, 3, 4] and set(top["user_id"]) == {"u3"}
+    seen = set(train.loc[train["user_idx"] == 3, "item_idx"]) | set(
+        validation.loc[validation["user_idx"] == 3, "item_idx"]
+    )
+    assert not {f"i{i}" for i in seen} & set(top["item_id"])
+    with pytest.raises(ValueError, match="do not cover the item index"):
+        package_recommender(
+            *args[:5], item_profiles.iloc[:-1], user_stats, item_stats.iloc[:-1],
+            train, validation, RETRIEVAL, {"top_k": 4},
+        )  # fmt: skip

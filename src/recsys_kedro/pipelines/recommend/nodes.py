@@ -598,3 +598,66 @@ def top_k_table(
     return top[["user_id", "item_id", "rank", "retrieval_score", "ranker_score"]].reset_index(
         drop=True
     )
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def package_recommender(
+    user_embeddings: pd.DataFrame,
+    item_embeddings: pd.DataFrame,
+    retrieval_index: Any,
+    model: dict[str, Any],
+    user_profiles: pd.DataFrame,
+    item_profiles: pd.DataFrame,
+    user_statistics: pd.DataFrame,
+    item_statistics: pd.DataFrame,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    retrieval_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+) -> tuple[Any, Any]:
+    """The funnel as one MLflow pyfunc model (:class:`FunnelRecommender`), twice: for the
+    model directory (``data/06_models/recommender``) and for the MLflow run.
+
+    It serves what the batch path serves: the same index, ranker and feature tables, the
+    train and validation items excluded, ``n_candidates`` and ``top_k`` of the run.
+    """
+    from recsys_kedro.retrieval import serialize_index
+    from recsys_kedro.serving.recommender import FunnelRecommender
+
+    users = user_embeddings.sort_values("user_idx")
+    items = item_embeddings.sort_values("item_idx")
+    n_items = len(items)
+    user_features = (
+        user_profiles.merge(user_statistics, on="user_idx", validate="1:1")
+        .sort_values("user_idx")
+        .set_index("user_idx")
+    )
+    item_features = (
+        item_profiles.merge(item_statistics, on="item_idx", validate="1:1")
+        .sort_values("item_idx")
+        .set_index("item_idx")
+    )
+    for name, frame, n in (("user", user_features, len(users)), ("item", item_features, n_items)):
+        if len(frame) != n or (frame.index.to_numpy() != np.arange(n)).any():
+            raise ValueError(
+                f"the {name} feature tables do not cover the {name} index 0..{n - 1}: re-run "
+                "`kedro run --pipelines=recommend` so both come from the same run"
+            )
+    positives = train["item_idx"].to_numpy(np.int64)[train["label"].to_numpy() == 1]
+    recommender = FunnelRecommender(
+        user_ids=users["user_id"].to_numpy(),
+        item_ids=items["item_id"].to_numpy(),
+        user_embeddings=_embedding_matrix(users, "user_idx"),
+        index_bytes=serialize_index(retrieval_index),
+        ranker=model,
+        user_features=user_features,
+        item_features=item_features,
+        seen_users=np.concatenate([train["user_idx"], validation["user_idx"]]),
+        seen_items=np.concatenate([train["item_idx"], validation["item_idx"]]),
+        item_popularity=np.bincount(positives, minlength=n_items),
+        n_candidates=int(retrieval_params["n_candidates"]),
+        top_k=int(evaluation_params["top_k"]),
+    )
+    return recommender, recommender

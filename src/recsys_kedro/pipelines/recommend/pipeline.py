@@ -4,8 +4,9 @@ two_tower (ingestion -> features -> export -> training, and its embeddings) ->
 ``retrieval`` (FAISS index, candidate lists) -> ``features`` (side features from the train
 split, in Spark) -> ``export`` and ``training`` (the shared modular pipelines: the DLRM
 ranker on the fit lists, stopped on the holdout lists) -> ``evaluation`` (rerank the serve
-lists, top K, report). ``rated_pairs``: the ablation, the same ranker (same stages, same
-parameters) trained pointwise on the train split's rated pairs.
+lists, top K, report) -> ``serving`` (the funnel as one MLflow pyfunc model).
+``rated_pairs``: the ablation, the same ranker (same stages, same parameters) trained
+pointwise on the train split's rated pairs.
 """
 
 import warnings
@@ -22,6 +23,7 @@ from .nodes import (
     build_retrieval_index,
     build_side_statistics,
     build_user_profiles,
+    package_recommender,
     ranker_spec,
     rated_pair_rows,
     rated_pairs_spec,
@@ -53,10 +55,10 @@ def _rated_pairs_ablation() -> Pipeline:
                 build_rated_pair_splits,
                 inputs=[
                     "rated_pair_rows@spark",
-                    "user_profiles",
-                    "item_profiles",
-                    "user_statistics",
-                    "item_statistics",
+                    "user_profiles@spark",
+                    "item_profiles@spark",
+                    "user_statistics@spark",
+                    "item_statistics@spark",
                 ],
                 outputs=["train_split@spark", "validation_split@spark"],
                 name="build_rated_pair_splits",
@@ -84,10 +86,10 @@ def _rated_pairs_ablation() -> Pipeline:
         namespace="rated_pairs",
         inputs={
             "rated_pair_rows@spark",
-            "user_profiles",
-            "item_profiles",
-            "user_statistics",
-            "item_statistics",
+            "user_profiles@spark",
+            "item_profiles@spark",
+            "user_statistics@spark",
+            "item_statistics@spark",
             "feature_summary",
         },
         parameters={
@@ -150,13 +152,13 @@ def _create_pipeline() -> Pipeline:
             node(
                 build_user_profiles,
                 inputs=["raw_users", f"{TT}.user_index@spark", "params:features"],
-                outputs="user_profiles",
+                outputs="user_profiles@spark",
                 name="build_user_profiles",
             ),
             node(
                 build_item_profiles,
                 inputs=["raw_items", f"{TT}.item_index@spark", "params:features"],
-                outputs="item_profiles",
+                outputs="item_profiles@spark",
                 name="build_item_profiles",
             ),
             node(
@@ -165,21 +167,21 @@ def _create_pipeline() -> Pipeline:
                     f"{TT}.train_split@spark",
                     f"{TT}.user_index@spark",
                     f"{TT}.item_index@spark",
-                    "user_profiles",
-                    "item_profiles",
+                    "user_profiles@spark",
+                    "item_profiles@spark",
                     "params:features",
                 ],
-                outputs=["user_statistics", "item_statistics", "feature_summary"],
+                outputs=["user_statistics@spark", "item_statistics@spark", "feature_summary"],
                 name="build_side_statistics",
             ),
             node(
                 build_ranker_lists,
                 inputs=[
                     "candidates@spark",
-                    "user_profiles",
-                    "item_profiles",
-                    "user_statistics",
-                    "item_statistics",
+                    "user_profiles@spark",
+                    "item_profiles@spark",
+                    "user_statistics@spark",
+                    "item_statistics@spark",
                 ],
                 outputs=["train_split@spark", "validation_split@spark", "test_split@spark"],
                 name="build_ranker_lists",
@@ -226,9 +228,34 @@ def _create_pipeline() -> Pipeline:
                 ],
                 outputs=["recommendations", "metrics", "test_metrics", "run_tags", "metrics_at_k"],
                 name="rerank_and_evaluate",
-            )
+            ),
         ],
         namespace="evaluation",
+        prefix_datasets_with_namespace=False,
+    )
+    serving = Pipeline(
+        [
+            node(
+                package_recommender,
+                inputs=[
+                    f"{TT}.user_embeddings",
+                    f"{TT}.item_embeddings",
+                    "retrieval_index",
+                    "model",
+                    "user_profiles@pandas",
+                    "item_profiles@pandas",
+                    "user_statistics@pandas",
+                    "item_statistics@pandas",
+                    f"{TT}.train_split@pandas",
+                    f"{TT}.validation_split@pandas",
+                    "params:retrieval",
+                    "params:evaluation",
+                ],
+                outputs=["recommender", "recommender_logged"],
+                name="package_recommender",
+            ),
+        ],
+        namespace="serving",
         prefix_datasets_with_namespace=False,
     )
     funnel = Pipeline(
@@ -238,7 +265,8 @@ def _create_pipeline() -> Pipeline:
         + spec
         + training.create_pipeline()
         + _rated_pairs_ablation()
-        + evaluation,
+        + evaluation
+        + serving,
         namespace=NAMESPACE,
         inputs={
             "raw_users",

@@ -1,0 +1,1 @@
+"""Serving: the recommend funnel as one MLflow pyfunc model."""
