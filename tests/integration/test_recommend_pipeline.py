@@ -164,3 +164,15 @@ def test_the_servable_model_serves_what_the_batch_path_wrote(pipeline_run, tmp_p
     served = served.sort_values(key).reset_index(drop=True)
     assert served["item_id"].tolist() == merged["item_id"].tolist()
     np.testing.assert_allclose(served["score"], merged["ranker_score"], rtol=1e-4, atol=1e-6)
+
+
+def test_spark_batch_inference_wrote_every_users_top_k(pipeline_run):
+    root = pipeline_run
+    spark_out = pd.read_parquet(root / "data/07_model_output/recommend/batch_top_k")
+    batch = pd.read_parquet(root / "data/07_model_output/recommend/top_k.parquet")
+    key = ["user_id", "rank"]
+    spark_out = spark_out.sort_values(key).reset_index(drop=True)
+    batch = batch.sort_values(key).reset_index(drop=True)
+    assert spark_out["user_id"].nunique() == N_USERS
+    assert spark_out["item_id"].tolist() == batch["item_id"].tolist()
+    np.testing.assert_allclose(spark_out["score"], batch["ranker_score"], rtol=1e-4, atol=1e-6)

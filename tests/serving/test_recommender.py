@@ -138,3 +138,24 @@ def test_empty_and_bad_inputs(served):
     assert out["empty"] == ["user_id", "item_id", "rank", "score"]
     assert "pandas DataFrame" in out["type"] or "user_id" in out["type"]
     assert "'user_id' column" in out["column"]
+
+
+def test_spark_batch_inference_matches_the_model_for_every_user(spark):
+    from recsys_kedro.pipelines.recommend.nodes import recommend_all_users
+    from recsys_kedro.serving.batch import recommend_all
+
+    model = FunnelRecommender(**_inputs())
+    ids = [f"u{u}" for u in range(N_USERS)] + ["stranger"]
+    users = spark.createDataFrame(pd.DataFrame({"user_id": ids})).repartition(3)
+    got = recommend_all(users, model, batch_users=2).toPandas()
+    want = model.predict(None, pd.DataFrame({"user_id": ids}))
+    key = ["user_id", "rank"]
+    got = got.sort_values(key).reset_index(drop=True)
+    want = want.sort_values(key).reset_index(drop=True)
+    assert got["item_id"].tolist() == want["item_id"].tolist()
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-6)
+    assert len(got) == TOP_K * len(ids)
+    via_node = recommend_all_users(users, model).count()  # the node: same path
+    assert via_node == len(got)
+    with pytest.raises(ValueError, match="'user_id' column"):
+        recommend_all(users.withColumnRenamed("user_id", "uid"), model)

@@ -661,3 +661,16 @@ def package_recommender(
         top_k=int(evaluation_params["top_k"]),
     )
     return recommender, recommender
+
+
+def recommend_all_users(user_index: DataFrame, recommender: Any) -> DataFrame:
+    """Every indexed user's top K, computed in Spark by the servable model (the batch
+    inference path: ``mapInPandas``, the model loaded once per executor worker)."""
+    from recsys_kedro.serving.batch import recommend_all
+
+    model = (
+        recommender.unwrap_python_model()
+        if hasattr(recommender, "unwrap_python_model")
+        else recommender
+    )
+    return recommend_all(user_index, model)

@@ -27,6 +27,7 @@ from .nodes import (
     ranker_spec,
     rated_pair_rows,
     rated_pairs_spec,
+    recommend_all_users,
     rerank_and_evaluate,
     retrieve_candidates,
 )
@@ -253,6 +254,12 @@ def _create_pipeline() -> Pipeline:
                 ],
                 outputs=["recommender", "recommender_logged"],
                 name="package_recommender",
+            ),
+            node(
+                recommend_all_users,
+                inputs=[f"{TT}.user_index@spark", "recommender"],
+                outputs="batch_recommendations",
+                name="recommend_all_users",
             ),
         ],
         namespace="serving",
