@@ -1,0 +1,89 @@
+"""notebooks/recommend.ipynb runs headless against a small recommend run, so it cannot rot.
+
+The same small project as tests/integration/test_recommend_pipeline.py, run once in
+process; the notebook is then executed by nbclient in a kernel of this interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import nbformat
+import pytest
+
+from tests.integration.conftest import PROJECT_ROOT, make_project, run_project
+from tests.integration.test_recommend_pipeline import PARAMS, _write_side_files
+from tests.integration.test_two_tower_pipeline import _write_fixture_inter
+
+from .test_two_tower_notebook import REPORT, _outputs, _report, _text
+
+pytestmark = pytest.mark.integration
+
+NOTEBOOK = PROJECT_ROOT / "notebooks" / "recommend.ipynb"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, spark):
+    from ipykernel.kernelspec import install
+    from nbclient import NotebookClient
+
+    root = make_project(tmp_path_factory.mktemp("recommend_notebook_project"))
+    raw = root / "data" / "01_raw" / "ml-100k"
+    _write_fixture_inter(raw / "ml-100k.inter")
+    _write_side_files(raw)
+    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
+
+    prefix = tmp_path_factory.mktemp("jupyter")
+    install(prefix=str(prefix), kernel_name="python3")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import json\n"
+            f"print({REPORT!r} + json.dumps({{'top_k': len(top_k), "
+            "'titled': int(top_k['title'].notna().sum()), 'history_rows': len(rated_history), "
+            "'columns': [list(c) for c in metrics_table.columns], "
+            "'ks': list(metrics_table.index), 'user': user_id, "
+            "'top_users': sorted(set(top_k['user_id']))}))"
+        )
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    mp.setenv("RECSYS_KEDRO_PROJECT", str(root))
+    mp.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    mp.setenv("DO_NOT_TRACK", "1")
+    try:
+        NotebookClient(
+            nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(root)}}
+        ).execute()
+    finally:
+        mp.undo()
+    return nb
+
+
+def test_committed_notebook_is_clean():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.id
+
+
+def test_funnel_metrics_and_plot_are_shown(executed):
+    report = _report(executed)
+    assert report["ks"] == PARAMS["recommend"]["evaluation"]["ks"]
+    for metric in ("recall@K", "ndcg@K"):
+        for order in ("retrieval", "rerank", "logreg rerank", "rated-pairs rerank", "popularity"):
+            assert [metric, order] in report["columns"]
+    images = [o for o in _outputs(executed, "metrics") if "image/png" in o.get("data", {})]
+    assert len(images) == 1
+    assert "ANN recall vs exact" in _text(_outputs(executed, "metrics"))
+
+
+def test_the_saved_recommender_gives_one_users_top_k_with_titles(executed):
+    report = _report(executed)
+    assert report["top_k"] == PARAMS["recommend"]["evaluation"]["top_k"]
+    assert report["titled"] == report["top_k"] and report["top_users"] == [report["user"]]
+    assert report["history_rows"] > 0
+    assert "Movie " in _text(_outputs(executed, "top-k"))
+    assert "liked in the test period" in _text(_outputs(executed, "top-k"))
