@@ -531,3 +531,15 @@ def test_auc_errors():
         auc(np.array([]), np.array([]))
     with pytest.raises(ValueError, match="NaN"):
         auc(np.array([1, 0]), np.array([np.nan, 0.2]))
+
+
+def test_embedding_matrix_orders_rows_by_index_and_refuses_gaps():
+    import pandas as pd
+
+    from recsys_kedro.evaluation.retrieval import embedding_matrix
+
+    frame = pd.DataFrame({"item_idx": [2, 0, 1], "embedding": [[2.0, 2.0], [0.0, 0.0], [1.0, 1.0]]})
+    np.testing.assert_array_equal(embedding_matrix(frame, "item_idx")[:, 0], [0.0, 1.0, 2.0])
+    assert embedding_matrix(frame, "item_idx").dtype == np.float32
+    with pytest.raises(ValueError, match="not contiguous"):
+        embedding_matrix(frame.iloc[:2], "item_idx")

@@ -16,7 +16,7 @@ from tests.integration.conftest import PROJECT_ROOT, make_project, run_project
 from tests.integration.test_recommend_pipeline import PARAMS, _write_side_files
 from tests.integration.test_two_tower_pipeline import _write_fixture_inter
 
-from .test_two_tower_notebook import REPORT, _outputs, _report, _text
+from .test_two_tower_notebook import REPORT, _outputs, _report, _text, execute_notebook
 
 pytestmark = pytest.mark.integration
 
@@ -25,40 +25,23 @@ NOTEBOOK = PROJECT_ROOT / "notebooks" / "recommend.ipynb"
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory, spark):
-    from ipykernel.kernelspec import install
-    from nbclient import NotebookClient
-
     root = make_project(tmp_path_factory.mktemp("recommend_notebook_project"))
     raw = root / "data" / "01_raw" / "ml-100k"
     _write_fixture_inter(raw / "ml-100k.inter")
     _write_side_files(raw)
     run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
 
-    prefix = tmp_path_factory.mktemp("jupyter")
-    install(prefix=str(prefix), kernel_name="python3")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            "import json\n"
-            f"print({REPORT!r} + json.dumps({{'top_k': len(top_k), "
-            "'titled': int(top_k['title'].notna().sum()), 'history_rows': len(rated_history), "
-            "'columns': [list(c) for c in metrics_table.columns], "
-            "'ks': list(metrics_table.index), 'user': user_id, "
-            "'top_users': sorted(set(top_k['user_id']))}))"
-        )
+    return execute_notebook(
+        NOTEBOOK,
+        root,
+        tmp_path_factory.mktemp("jupyter"),
+        "import json\n"
+        f"print({REPORT!r} + json.dumps({{'top_k': len(top_k), "
+        "'titled': int(top_k['title'].notna().sum()), 'history_rows': len(rated_history), "
+        "'columns': [list(c) for c in metrics_table.columns], "
+        "'ks': list(metrics_table.index), 'user': user_id, "
+        "'top_users': sorted(set(top_k['user_id']))}))",
     )
-    mp = pytest.MonkeyPatch()
-    mp.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
-    mp.setenv("RECSYS_KEDRO_PROJECT", str(root))
-    mp.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    mp.setenv("DO_NOT_TRACK", "1")
-    try:
-        NotebookClient(
-            nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(root)}}
-        ).execute()
-    finally:
-        mp.undo()
-    return nb
 
 
 def test_committed_notebook_is_clean():

@@ -58,41 +58,45 @@ def project(tmp_path_factory, spark):
     return root
 
 
-@pytest.fixture(scope="module")
-def executed(project, tmp_path_factory):
-    """The notebook, executed; a last cell added here reports what the test checks."""
+def execute_notebook(path: Path, project: Path, jupyter_prefix: Path, report_code: str):
+    """``path`` executed by nbclient in a kernel of this interpreter against ``project``,
+    with a last cell (``report_code``) that prints what the test checks; raises on the
+    first failing cell."""
     from ipykernel.kernelspec import install
     from nbclient import NotebookClient
 
-    prefix = tmp_path_factory.mktemp("jupyter")
-    install(prefix=str(prefix), kernel_name="python3")  # argv: this interpreter's python
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.append(
-        nbformat.v4.new_code_cell(
-            "import json, sys\n"
-            f"print({REPORT!r} + json.dumps({{'executable': sys.executable, "
-            "'project': str(PROJECT_ROOT), 'top_k': len(top_k), "
-            "'liked_in_test': int(top_k['liked_in_test'].sum()), "
-            "'metrics_columns': [list(c) for c in metrics_table.columns], "
-            "'ks': list(metrics_table.index), 'history_rows': len(rated_history), "
-            "'titled': int(top_k['title'].notna().sum())}))"
-        )
-    )
+    install(prefix=str(jupyter_prefix), kernel_name="python3")  # argv: this interpreter
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(report_code))
     mp = pytest.MonkeyPatch()
-    mp.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    mp.setenv("JUPYTER_PATH", str(jupyter_prefix / "share" / "jupyter"))
     mp.setenv("RECSYS_KEDRO_PROJECT", str(project))
     mp.setenv("KEDRO_DISABLE_TELEMETRY", "true")
     mp.setenv("DO_NOT_TRACK", "1")
     try:
         NotebookClient(
-            nb,
-            kernel_name="python3",
-            timeout=600,
-            resources={"metadata": {"path": str(project)}},
-        ).execute()  # raises CellExecutionError on the first failing cell
+            nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(project)}}
+        ).execute()
     finally:
         mp.undo()
     return nb
+
+
+@pytest.fixture(scope="module")
+def executed(project, tmp_path_factory):
+    """The notebook, executed; a last cell added here reports what the test checks."""
+    return execute_notebook(
+        NOTEBOOK,
+        project,
+        tmp_path_factory.mktemp("jupyter"),
+        "import json, sys\n"
+        f"print({REPORT!r} + json.dumps({{'executable': sys.executable, "
+        "'project': str(PROJECT_ROOT), 'top_k': len(top_k), "
+        "'liked_in_test': int(top_k['liked_in_test'].sum()), "
+        "'metrics_columns': [list(c) for c in metrics_table.columns], "
+        "'ks': list(metrics_table.index), 'history_rows': len(rated_history), "
+        "'titled': int(top_k['title'].notna().sum())}))",
+    )
 
 
 def _outputs(nb, cell_id: str) -> list:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ import torch
 __all__ = [
     "ScoreFn",
     "auc",
+    "embedding_matrix",
     "embedding_score_fn",
     "full_catalogue_topk_metrics",
     "popularity_score_fn",
@@ -435,3 +437,16 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
             f"{int(present[0])}); the evaluation split needs both positives and negatives"
         )
     return float(roc_auc_score(labels_arr.astype(np.int64), scores_arr))
+
+
+def embedding_matrix(embeddings: Any, idx_col: str) -> np.ndarray:
+    """``(n, D)`` float32 rows of a table of ``<idx_col>, embedding`` (one vector per row,
+    as the two-tower's embedding datasets hold them), row ``i`` = index ``i``.
+
+    Raises:
+        ValueError: the indexes are not exactly ``0 .. n-1``.
+    """
+    frame = embeddings.sort_values(idx_col)
+    if (frame[idx_col].to_numpy() != np.arange(len(frame))).any():
+        raise ValueError(f"{idx_col} of the embeddings is not contiguous from 0")
+    return np.stack(frame["embedding"].to_numpy()).astype(np.float32)

@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame as SparkDataFrame
 from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.retrieval import (
     auc,
+    embedding_matrix,
     embedding_score_fn,
     full_catalogue_topk_metrics,
     popularity_score_fn,
@@ -51,13 +52,6 @@ def embed_users_and_items(
         frame["embedding"] = list(vectors.astype(np.float32))
         out.append(frame)
     return out[0], out[1]
-
-
-def _matrix(embeddings: pd.DataFrame, idx_col: str) -> np.ndarray:
-    frame = embeddings.sort_values(idx_col)
-    if (frame[idx_col].to_numpy() != np.arange(len(frame))).any():
-        raise ValueError(f"{idx_col} of the embeddings is not contiguous from 0")
-    return np.stack(frame["embedding"].to_numpy()).astype(np.float32)
 
 
 def _retrieval_inputs(
@@ -232,8 +226,8 @@ def evaluate_retrieval(
         metrics, its counts and settings (users, rows, kept epoch, ALS's chosen point) for
         MLflow tags, and the metric-at-K figure (model vs the baselines).
     """
-    users = _matrix(user_embeddings, "user_idx")
-    items = _matrix(item_embeddings, "item_idx")
+    users = embedding_matrix(user_embeddings, "user_idx")
+    items = embedding_matrix(item_embeddings, "item_idx")
     n_items = items.shape[0]
     common = {"n_items": n_items, **_retrieval_inputs(train, validation, test, params)}
     ks = common["ks"]

@@ -30,6 +30,7 @@ from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.ranking import logistic_regression_scores
 from recsys_kedro.evaluation.retrieval import (
     auc,
+    embedding_matrix,
     full_catalogue_topk_metrics,
     popularity_score_fn,
 )
@@ -57,13 +58,6 @@ SPARSE_FEATURES = ("user_idx", "item_idx", *sf.SPARSE_FEATURES)
 JAGGED_FEATURES = ("genres",)
 
 
-def _embedding_matrix(embeddings: pd.DataFrame, idx_col: str) -> np.ndarray:
-    frame = embeddings.sort_values(idx_col)
-    if (frame[idx_col].to_numpy() != np.arange(len(frame))).any():
-        raise ValueError(f"{idx_col} of the embeddings is not contiguous from 0")
-    return np.stack(frame["embedding"].to_numpy()).astype(np.float32)
-
-
 def _positives(split: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     positive = split["label"].to_numpy() == 1
     return (
@@ -87,7 +81,7 @@ def build_retrieval_index(item_embeddings: pd.DataFrame, params: dict[str, Any])
         config = IndexConfig.from_params(params)
     except ValueError as exc:
         raise ValueError(f"recommend.retrieval.index: {exc} (in {CONF_FILE})") from exc
-    return build_index(_embedding_matrix(item_embeddings, "item_idx"), config)
+    return build_index(embedding_matrix(item_embeddings, "item_idx"), config)
 
 
 def retrieve_candidates(
@@ -116,7 +110,7 @@ def retrieve_candidates(
     n = int(params["n_candidates"])
     if n < 1:
         raise ValueError(f"recommend.retrieval.n_candidates must be >= 1, got {n} ({CONF_FILE})")
-    users = _embedding_matrix(user_embeddings, "user_idx")
+    users = embedding_matrix(user_embeddings, "user_idx")
     train_u, train_i = train["user_idx"].to_numpy(np.int64), train["item_idx"].to_numpy(np.int64)
     val_u = validation["user_idx"].to_numpy(np.int64)
     val_i = validation["item_idx"].to_numpy(np.int64)
@@ -146,7 +140,7 @@ def retrieve_candidates(
     if index_config.kind == "exact":
         ann_recall = 1.0
     else:
-        exact = build_index(_embedding_matrix(item_embeddings, "item_idx"), IndexConfig())
+        exact = build_index(embedding_matrix(item_embeddings, "item_idx"), IndexConfig())
         excluded = exclusions_by_user(seen_u, seen_i, serve_users)
         _, exact_items = search(exact, users[serve_users], n, excluded)
         _, approx_items = search(retrieval_index, users[serve_users], n, excluded)
@@ -189,8 +183,8 @@ def rated_pair_rows(
     a candidate (the two-tower's score of the pair and the item's rank in the user's
     full-catalogue ranking). A ranker trained on them learns "liked, given rated".
     """
-    users = _embedding_matrix(user_embeddings, "user_idx")
-    items = _embedding_matrix(item_embeddings, "item_idx")
+    users = embedding_matrix(user_embeddings, "user_idx")
+    items = embedding_matrix(item_embeddings, "item_idx")
     parts = []
     for name, split in (("fit", train), ("holdout", validation)):
         u, i = split["user_idx"].to_numpy(np.int64), split["item_idx"].to_numpy(np.int64)
@@ -649,7 +643,7 @@ def package_recommender(
     recommender = FunnelRecommender(
         user_ids=users["user_id"].to_numpy(),
         item_ids=items["item_id"].to_numpy(),
-        user_embeddings=_embedding_matrix(users, "user_idx"),
+        user_embeddings=embedding_matrix(users, "user_idx"),
         index_bytes=serialize_index(retrieval_index),
         ranker=model,
         user_features=user_features,
