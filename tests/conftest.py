@@ -30,3 +30,21 @@ def spark():
     session = build_spark_session(TEST_SPARK_CONF, app_name="recsys-kedro-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def recommend_project(tmp_path_factory, spark):
+    """A small project after one `recommend` run, read (never written) by the pipeline's
+    integration checks and by the notebook test: the funnel runs once per test session."""
+    import copy
+
+    from tests.integration.conftest import make_project, run_project
+    from tests.integration.test_recommend_pipeline import PARAMS, _write_side_files
+    from tests.integration.test_two_tower_pipeline import _write_fixture_inter
+
+    root = make_project(tmp_path_factory.mktemp("recommend_project"))
+    raw = root / "data" / "01_raw" / "ml-100k"
+    _write_fixture_inter(raw / "ml-100k.inter")
+    _write_side_files(raw)
+    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
+    return root

@@ -16,8 +16,7 @@ import pytest
 
 from recsys_kedro.mds import count_block_rows
 
-from .conftest import make_project, run_project
-from .test_two_tower_pipeline import N_ITEMS, N_USERS, SMALL_RUN, _write_fixture_inter
+from .test_two_tower_pipeline import N_ITEMS, N_USERS, SMALL_RUN
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 
@@ -52,13 +51,9 @@ PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, spark):
-    root = make_project(tmp_path_factory.mktemp("recommend_project"))
-    raw = root / "data" / "01_raw" / "ml-100k"
-    _write_fixture_inter(raw / "ml-100k.inter")
-    _write_side_files(raw)
-    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
-    return root
+def pipeline_run(recommend_project):
+    """The session's one small `recommend` run (tests/conftest.py builds it with PARAMS)."""
+    return recommend_project
 
 
 def test_metrics_file_reports_the_funnel_against_its_baselines(pipeline_run):

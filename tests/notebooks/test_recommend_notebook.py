@@ -1,20 +1,17 @@
 """notebooks/recommend.ipynb runs headless against a small recommend run, so it cannot rot.
 
-The same small project as tests/integration/test_recommend_pipeline.py, run once in
-process; the notebook is then executed by nbclient in a kernel of this interpreter.
+The same small project as tests/integration/test_recommend_pipeline.py (one run per test
+session, tests/conftest.py); the notebook is executed by nbclient in a kernel of this
+interpreter.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-
 import nbformat
 import pytest
 
-from tests.integration.conftest import PROJECT_ROOT, make_project, run_project
-from tests.integration.test_recommend_pipeline import PARAMS, _write_side_files
-from tests.integration.test_two_tower_pipeline import _write_fixture_inter
+from tests.integration.conftest import PROJECT_ROOT
+from tests.integration.test_recommend_pipeline import PARAMS
 
 from .test_two_tower_notebook import REPORT, _outputs, _report, _text, execute_notebook
 
@@ -24,16 +21,11 @@ NOTEBOOK = PROJECT_ROOT / "notebooks" / "recommend.ipynb"
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory, spark):
-    root = make_project(tmp_path_factory.mktemp("recommend_notebook_project"))
-    raw = root / "data" / "01_raw" / "ml-100k"
-    _write_fixture_inter(raw / "ml-100k.inter")
-    _write_side_files(raw)
-    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
-
+def executed(recommend_project, tmp_path_factory):
+    """The notebook, executed against the session's small `recommend` run."""
     return execute_notebook(
         NOTEBOOK,
-        root,
+        recommend_project,
         tmp_path_factory.mktemp("jupyter"),
         "import json\n"
         f"print({REPORT!r} + json.dumps({{'top_k': len(top_k), "

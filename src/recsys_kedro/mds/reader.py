@@ -191,6 +191,11 @@ def read_mds_rows(folder: MDSFolder, columns: list[str]) -> dict[str, np.ndarray
     Raises:
         KeyError: if a column is not in the folder (the message lists those it has).
     """
+    _check_scalar_columns(folder, columns)
+    return _scalar_rows(folder, read_mds_columns(folder), columns)
+
+
+def _check_scalar_columns(folder: MDSFolder, columns: list[str]) -> None:
     from recsys_kedro.mds.block_format import BLOCK_ID, BLOCK_ROWS
 
     available = [n for n in folder.columns if n not in (BLOCK_ID, BLOCK_ROWS) and "__" not in n]
@@ -199,7 +204,12 @@ def read_mds_rows(folder: MDSFolder, columns: list[str]) -> dict[str, np.ndarray
         raise KeyError(
             f"{folder.source} has no column(s) {missing}; its scalar columns are {available}"
         )
-    data = read_mds_columns(folder)
+
+
+def _scalar_rows(
+    folder: MDSFolder, data: dict[str, np.ndarray], columns: list[str]
+) -> dict[str, np.ndarray]:
+    """``columns`` of :func:`read_mds_columns`' ``data`` as rows; the row count checked."""
     out: dict[str, np.ndarray] = {}
     for name in columns:
         values = data[name]
@@ -228,12 +238,12 @@ def read_mds_layout_columns(
     """
     from recsys_kedro.mds.block_format import lengths_column, values_column
 
-    out = read_mds_rows(folder, list(scalar))
-    if not jagged:
-        return out
-    if folder.layout != "block":
+    scalar = list(scalar)
+    _check_scalar_columns(folder, scalar)
+    if jagged and folder.layout != "block":
         raise ValueError(f"{folder.source}: jagged features {list(jagged)} need the block layout")
-    data = read_mds_columns(folder)
+    data = read_mds_columns(folder)  # once: scalar and jagged columns come from one read
+    out = _scalar_rows(folder, data, scalar)
     for name in jagged:
         for column in (values_column(name), lengths_column(name)):
             if column not in data:

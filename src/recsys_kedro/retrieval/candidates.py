@@ -20,8 +20,6 @@ __all__ = [
     "split_users",
 ]
 
-LIST_COLUMNS = ("user_idx", "item_idx", "retrieval_score", "retrieval_rank")
-
 
 def exclusions_by_user(
     users: np.ndarray, items: np.ndarray, query_users: np.ndarray
