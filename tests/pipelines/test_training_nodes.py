@@ -8,9 +8,15 @@ import pandas as pd
 import pytest
 
 from recsys_kedro.mds import write_mds
+from recsys_kedro.mds.block_writer import write_mds_blocks
 from recsys_kedro.models.two_tower import model_from_checkpoint
-from recsys_kedro.pipelines.training.nodes import plot_training_curves, train_model
+from recsys_kedro.pipelines.training.nodes import (
+    plot_training_curves,
+    run_fingerprint,
+    train_model,
+)
 from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
+from recsys_kedro.training.checkpointing import complete_checkpoints
 from recsys_kedro.training.specs import spec_from_dict
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
@@ -77,6 +83,47 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
     assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
     figure = plot_training_curves(summary)
     assert len(figure.axes) == 4  # loss, AUC, recall@10, ndcg@10
+
+
+def test_train_model_checkpoints_per_run_fingerprint_and_a_rerun_resumes(spark, tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = dict(columns=COLUMNS, block_rows=64)
+    train = write_mds_blocks(_split(spark, rng, 600, 10, 12), path=str(tmp_path / "t"), **blocks)
+    val = write_mds_blocks(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "v"), **blocks)
+    popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
+    keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
+    params = _params(tmp_path, checkpoint=keep)
+    spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, MODEL, params)
+    root = tmp_path / "checkpoints"
+
+    _, _, first = train_model(train, val, spec, params, str(root))
+    run_dir = root / first["run_fingerprint"]
+    assert first["resumed_from_step"] is None and first["checkpoints_saved"] > 2
+    assert 1 <= len(complete_checkpoints(str(run_dir))) <= 2  # keep_last=1 (+ the best epoch's)
+    # The same model, settings and data: the re-run continues after the last checkpoint (the
+    # end of the last epoch), so nothing is trained again and the result is the same.
+    _, _, again = train_model(train, val, spec, params, str(root))
+    assert again["resumed_from_step"] == first["steps"] and again["steps"] == first["steps"]
+    assert again["history"] == first["history"] and again["best_epoch"] == first["best_epoch"]
+    # By default the checkpoints go once the model is saved.
+    train_model(
+        train,
+        val,
+        spec,
+        _params(tmp_path, checkpoint=dict(keep, keep_after_success=False)),
+        str(root),
+    )
+    assert not run_dir.exists()
+
+
+def test_run_fingerprint_follows_what_is_computed_not_how_it_is_launched(tmp_path):
+    spec = {"kind": "two_tower", "spec": {"name": "two_tower"}}
+    params = _params(tmp_path)
+    base = run_fingerprint(spec, params)
+    assert run_fingerprint(spec, dict(params, progress=True, local_mode=False)) == base
+    assert run_fingerprint(spec, dict(params, timeout_s=5, checkpoint={"keep_last": 9})) == base
+    assert run_fingerprint(spec, dict(params, embedding_lr=0.2)) != base
+    assert run_fingerprint({"kind": "two_tower", "spec": {"name": "x"}}, params) != base
 
 
 def test_two_tower_spec_rejects_a_popularity_table_of_another_index(tmp_path):

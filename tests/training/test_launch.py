@@ -33,8 +33,26 @@ def test_a_crashed_rank_fails_the_launch_with_a_clear_message(spark):
             raise ValueError("boom on rank 1")
         return 0
 
-    with pytest.raises(RuntimeError, match="One rank crashed"):
+    with pytest.raises(RuntimeError) as caught:
         launch(crash, num_processes=2, local_mode=True, use_gpu=False)
+    message = str(caught.value)
+    assert "rank 1" in message and "raised ValueError: boom on rank 1" in message
+    assert 'raise ValueError("boom on rank 1")' in message  # its traceback's last lines
+
+
+def test_a_killed_rank_is_named_and_outcomes_go_to_the_given_folder(spark, tmp_path):
+    def killed():
+        import os
+        import signal
+
+        if os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    # Rank 0 may be stopped by the launcher before it returns: then both are named.
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[(0, )?1\] stopped without a result"):
+        launch(killed, num_processes=2, local_mode=True, use_gpu=False, outcome_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # the run's outcome folder is removed
 
 
 def test_launch_and_gpu_resolution_validate_their_arguments():

@@ -517,6 +517,18 @@ class BlockBatchLoader:
             },
         }
 
+    def end_epoch(self) -> None:
+        """Give up the rest of the epoch being iterated: :meth:`state_dict` (and the next
+        ``__iter__``) then stand at the start of the next epoch.
+
+        A lock-step training loop ends an epoch on every rank when the first rank runs out, so
+        the other ranks' iterators stop before their last rows; without this their state would
+        still point into the old epoch.
+        """
+        self._cursor = None
+        self._token = None
+        self._resume = None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (this rank's :meth:`state_dict`) on the next ``__iter__``."""
         if state.get("version") != STATE_VERSION:

@@ -7,6 +7,7 @@ process spawner): they read the standard ``torchrun`` environment (``RANK``,
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
@@ -39,8 +40,12 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(use_gpu: bool) -> DistContext:
+def init_distributed(use_gpu: bool, timeout_s: float | None = None) -> DistContext:
     """Join the process group: nccl on CUDA, gloo on CPU.
+
+    ``timeout_s``: how long a collective may wait for the other ranks before it fails (a rank
+    that hangs, or that died without its peers' connections noticing); ``None``: PyTorch's
+    default (10 minutes for gloo and nccl).
 
     ``use_gpu=True`` without a visible CUDA device is an error (it would silently train on
     CPU); ``False`` forces CPU even where CUDA exists.
@@ -64,7 +69,8 @@ def init_distributed(use_gpu: bool) -> DistContext:
         # Ranks share the machine's cores; oversubscription makes CPU training crawl.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world_size)))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=float(timeout_s))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, local_rank, local_world_size, device, backend)
 
 
@@ -120,9 +126,13 @@ def gather_full_state_dict(module: nn.Module, ctx: DistContext) -> dict[str, tor
     return full if ctx.is_main else None
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group; with ``wait_for_peers``, after every rank got here (a
+    barrier: no rank tears down while another still needs it). On an error path pass
+    ``False``."""
     if dist.is_initialized():
-        dist.barrier()
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -29,8 +29,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +43,7 @@ from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.batch import Batch, BatchLayout, batch_size
 from recsys_kedro.models.checkpoint import save_checkpoint
 from recsys_kedro.quiet import silence_known_noise
+from recsys_kedro.training.checkpointing import CheckpointPolicy
 from recsys_kedro.training.distributed import (
     DistContext,
     all_gather_arrays,
@@ -111,6 +113,9 @@ class TrainConfig:
     (``None``: run every epoch; the best epoch is kept either way).
     ``train_pipeline``: ``auto`` (``sparse_dist`` on GPU, ``plain`` on CPU), ``plain`` or
     ``sparse_dist`` (TorchRec's ``TrainPipelineSparseDist``).
+    ``checkpoints``: sharded checkpoints and resumption (``None``: neither).
+    ``timeout_s``: the process group's timeout: a collective that waits longer for a rank (one
+    that hangs, or died without its peers noticing) fails the run instead of hanging it.
     """
 
     train: MDSFolder
@@ -128,6 +133,8 @@ class TrainConfig:
     drop_last: bool = True
     patience: int | None = None
     train_pipeline: str = "auto"
+    checkpoints: CheckpointPolicy | None = None
+    timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -141,6 +148,13 @@ class TrainConfig:
         if self.train_pipeline not in TRAIN_PIPELINES:
             raise ValueError(
                 f"train_pipeline must be one of {TRAIN_PIPELINES}, got {self.train_pipeline!r}"
+            )
+        if not float(self.timeout_s) > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.checkpoints is not None and self.train.layout != "block":
+            raise ValueError(
+                "training checkpoints need the block layout of the exported MDS folders (they "
+                f"resume each rank's loader exactly), got layout {self.train.layout!r}"
             )
 
 
@@ -347,6 +361,9 @@ def _use_sparse_dist(config: TrainConfig, ctx: DistContext) -> bool:
     return config.train_pipeline == "sparse_dist"
 
 
+StepHook = Callable[[int, torch.Tensor, int], None]
+
+
 def _train_epoch(
     model: nn.Module,
     optimizer,
@@ -354,10 +371,18 @@ def _train_epoch(
     ctx: DistContext,
     config: TrainConfig,
     bar: tqdm,
+    on_step: StepHook | None = None,
+    start: tuple[float, int] = (0.0, 0),
 ) -> tuple[float, int]:
-    """One epoch of training steps; returns (sum of per-row losses, rows) of this rank."""
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    rows = 0
+    """One epoch of training steps; returns (sum of per-row losses, rows) of this rank.
+
+    ``start``: the sums of a resumed epoch's steps before the checkpoint.
+    ``on_step(steps, loss_sum, rows)`` runs after every step, with the steps taken by this
+    call and the sums so far (``loss_sum`` stays on the device: read it only when needed).
+    """
+    loss_sum = torch.full((), float(start[0]), dtype=torch.float64, device=ctx.device)
+    rows = int(start[1])
+    steps = 0
     if _use_sparse_dist(config, ctx):
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
@@ -374,7 +399,10 @@ def _train_epoch(
                 n = int(labels.shape[0])
                 loss_sum += loss.double() * n  # stays on the device: no sync per step
                 rows += n
+                steps += 1
                 bar.update(1)
+                if on_step is not None:
+                    on_step(steps, loss_sum, rows)
         finally:
             # The pipeline swaps the sharded modules' forward for its own; give it back, or
             # validation's forward finds no input dist to consume.
@@ -386,10 +414,13 @@ def _train_epoch(
             n = batch_size(batch)
             loss_sum += loss.double() * n
             rows += n
+            steps += 1
             bar.update(1)
             if bar.n % 50 == 0 and not bar.disable:
                 # refresh=False: shown at the bar's next (rate-limited) redraw, not now.
                 bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            if on_step is not None:
+                on_step(steps, loss_sum, rows)
     return float(loss_sum), rows
 
 
@@ -488,6 +519,235 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class _Loop:
+    """The training loop's progress: what a checkpoint must carry besides the weights."""
+
+    history: dict[str, list[float]]
+    step: int = 0  # global training steps taken (every rank takes the same number)
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_checkpoint: str | None = None  # the folder name of the best epoch's checkpoint
+    stale: int = 0
+    total_rows: float = 0.0
+    total_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+class _StateTrail:
+    """This rank's loader and sampler state after each batch it pulled, so that a checkpoint
+    records the state after the last *trained* batch, also when a train pipeline has pulled
+    batches ahead (``TrainPipelineSparseDist`` keeps some in flight)."""
+
+    def __init__(self, loader: Any, sampler: torch.Generator) -> None:
+        self.loader = loader
+        self.sampler = sampler
+        self.states: deque[tuple[int, dict[str, Any], torch.Tensor]] = deque()
+        self.pulled = 0
+
+    def wrap(self, batches: Iterator[Batch | None]) -> Iterator[Batch | None]:
+        self.states.clear()
+        self.pulled = 0
+        for batch in batches:
+            self.pulled += 1
+            self.states.append((self.pulled, self.loader.state_dict(), self.sampler.get_state()))
+            yield batch
+
+    def after(self, steps: int) -> tuple[dict[str, Any], torch.Tensor]:
+        """The state after the ``steps``-th batch of this epoch (older ones are dropped)."""
+        while self.states and self.states[0][0] < steps:
+            self.states.popleft()
+        if not self.states or self.states[0][0] != steps:
+            raise RuntimeError(f"no loader state recorded after batch {steps}")
+        _, loader_state, sampler_state = self.states[0]
+        return loader_state, sampler_state
+
+
+class _Checkpointer:
+    """Sharded checkpoints of one run (:mod:`recsys_kedro.training.checkpointing`)."""
+
+    def __init__(
+        self,
+        policy: CheckpointPolicy,
+        model: nn.Module,
+        optimizer: Any,
+        loader: Any,
+        sampler: torch.Generator,
+        ctx: DistContext,
+        config: TrainConfig,
+    ) -> None:
+        self.policy = policy
+        self.model = model
+        self.optimizer = optimizer
+        self.loader = loader
+        self.sampler = sampler
+        self.ctx = ctx
+        self.batch_size = config.batch_size
+        self.trail = _StateTrail(loader, sampler)
+        self.saved = 0
+        self.restored_from: str | None = None
+
+    def due(self, step: int) -> bool:
+        every = self.policy.every_n_steps
+        return every is not None and step % int(every) == 0
+
+    def save(
+        self,
+        loop: _Loop,
+        *,
+        epoch: int,
+        step_in_epoch: int,
+        partial: tuple[float, int, float],
+        loader_state: dict[str, Any],
+        sampler_state: torch.Tensor,
+        epoch_end: bool = False,
+    ) -> None:
+        """A checkpoint after ``loop.step`` (a collective). ``partial``: this rank's loss sum,
+        rows and seconds of the epoch so far (zeros at an epoch's end)."""
+        from recsys_kedro.training.checkpointing import (
+            encode_tensor,
+            prune,
+            save_checkpoint,
+            step_path,
+        )
+
+        local = {
+            "loader": loader_state,
+            "sampler": encode_tensor(sampler_state),
+            "loss_sum": float(partial[0]),
+            "rows": int(partial[1]),
+            "seconds": float(partial[2]),
+        }
+        ranks: list[Any] = [None] * self.ctx.world_size
+        torch.distributed.all_gather_object(ranks, local)
+        state = {
+            **asdict(loop),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "world_size": self.ctx.world_size,
+            "batch_size": self.batch_size,
+            "ranks": ranks,
+        }
+        path = step_path(self.policy.directory, loop.step, epoch_end=epoch_end)
+        save_checkpoint(path, self.model, self.optimizer, state)
+        self.saved += 1
+        if self.ctx.is_main:
+            protect = {self.path(loop.best_checkpoint)} if loop.best_checkpoint else set()
+            prune(self.policy.directory, int(self.policy.keep_last), protect)
+
+    def path(self, name: str) -> str:
+        return f"{self.policy.directory.rstrip('/')}/{name}"
+
+    def epoch_end_name(self, loop: _Loop) -> str:
+        """The folder name (relative: the folder can move) of this step's epoch-end save."""
+        from recsys_kedro.training.checkpointing import step_path
+
+        return step_path(self.policy.directory, loop.step, epoch_end=True).rsplit("/", 1)[-1]
+
+    def at_epoch_end(self, loop: _Loop, epoch: int) -> None:
+        # The next epoch starts from its first row on every rank (lock-step ended this one).
+        self.loader.end_epoch()
+        self.save(
+            loop,
+            epoch=epoch + 1,
+            step_in_epoch=0,
+            partial=(0.0, 0, 0.0),
+            loader_state=self.loader.state_dict(),
+            sampler_state=self.sampler.get_state(),
+            epoch_end=True,
+        )
+
+    def restore(self) -> tuple[_Loop, int, int, tuple[float, int, float]] | None:
+        """Load the newest complete checkpoint, if any (a collective). Returns the loop's
+        progress, the epoch to continue, the steps of it already taken and this rank's partial
+        sums of it; the loader and sampler are set to continue exactly after that step."""
+        from recsys_kedro.training.checkpointing import (
+            decode_tensor,
+            latest_complete,
+            load_checkpoint,
+            remove_partial,
+        )
+
+        directory = self.policy.directory
+
+        def find() -> str | None:
+            found = latest_complete(directory)
+            for path in remove_partial(directory):  # left by a rank that died while saving
+                logger.info("deleted the partial checkpoint %s", path)
+            return found
+
+        path = _on_main(find, self.ctx)
+        if path is None:
+            return None
+        state = load_checkpoint(path, self.model, self.optimizer)
+        for key, mine in (("world_size", self.ctx.world_size), ("batch_size", self.batch_size)):
+            if state[key] != mine:
+                raise ValueError(
+                    f"cannot resume from {path}: it was written with {key}={state[key]}, this "
+                    f"run has {key}={mine}; use the same setting, or resume=false to start over"
+                )
+        local = state["ranks"][self.ctx.rank]
+        self.loader.load_state_dict(local["loader"])
+        self.sampler.set_state(decode_tensor(local["sampler"]))
+        loop = _Loop(**{f.name: state[f.name] for f in fields(_Loop)})
+        if self.ctx.is_main:
+            logger.info(
+                "resuming from %s (epoch %d, %d step(s) into it)",
+                path,
+                state["epoch"],
+                state["step_in_epoch"],
+            )
+        partial = (float(local["loss_sum"]), int(local["rows"]), float(local["seconds"]))
+        self.restored_from = path
+        return loop, int(state["epoch"]), int(state["step_in_epoch"]), partial
+
+    def best_snapshot(self, loop: _Loop) -> dict[str, Any] | None:
+        """This rank's copy of the best epoch's weights after a resume (they are in the
+        checkpoint taken at that epoch's end, kept by pruning). A collective."""
+        from recsys_kedro.training.checkpointing import load_model_weights
+
+        if loop.best_checkpoint is None or self.restored_from is None:
+            return None
+        best = self.path(loop.best_checkpoint)
+        if best == self.restored_from:
+            return snapshot_local_state(self.model)
+        load_model_weights(best, self.model)
+        snapshot = snapshot_local_state(self.model)
+        load_model_weights(self.restored_from, self.model)
+        return snapshot
+
+
+def _step_hook(
+    loop: _Loop,
+    checkpointer: _Checkpointer | None,
+    epoch: int,
+    done_before: int,
+    seconds_before: float,
+    start: float,
+) -> StepHook:
+    """Counts global steps and writes the every-N-steps checkpoints of one epoch.
+    ``done_before``/``seconds_before``: the epoch's steps and seconds before a resume."""
+
+    def on_step(steps: int, loss_sum: torch.Tensor, rows: int) -> None:
+        loop.step += 1
+        if checkpointer is None or not checkpointer.due(loop.step):
+            return
+        loader_state, sampler_state = checkpointer.trail.after(steps)
+        checkpointer.save(
+            loop,
+            epoch=epoch,
+            step_in_epoch=done_before + steps,
+            partial=(float(loss_sum), rows, seconds_before + time.perf_counter() - start),
+            loader_state=loader_state,
+            sampler_state=sampler_state,
+        )
+
+    return on_step
+
+
 # --------------------------------------------------------------------------- fit
 
 
@@ -499,13 +759,19 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
     ``best_epoch`` (the epoch whose weights were
     saved), ``epochs`` (epochs run), ``stopped_early``, ``train_samples_per_s`` (rows per
     second over all training steps of all ranks), ``world_size``, ``global_batch_size``,
-    ``n_train_rows_seen``, ``device``, ``train_pipeline``, ``sharding`` (table -> placement)
-    and ``checkpoint_path`` (written by rank 0).
+    ``n_train_rows_seen``, ``device``, ``train_pipeline``, ``sharding`` (table -> placement),
+    ``steps`` (global training steps), ``resumed_from_step`` (``None`` for a fresh start),
+    ``checkpoints_saved`` and ``checkpoint_path`` (written by rank 0).
+
+    With ``config.checkpoints``, a sharded checkpoint is written at every epoch's end and
+    every ``every_n_steps`` steps, and a run started again with the same settings continues
+    after the newest complete one: the remaining batches of the epoch are exactly those an
+    uninterrupted run would have trained on, on every rank.
     """
     if spec.monitor_mode not in ("max", "min"):
         raise ValueError(f"monitor_mode must be 'max' or 'min', got {spec.monitor_mode!r}")
     silence_known_noise()  # a fresh rank process: TorchRec's known deprecation notes
-    ctx = init_distributed(config.use_gpu)
+    ctx = init_distributed(config.use_gpu, timeout_s=config.timeout_s)
     _show_epoch_lines(ctx)
     try:
         seed_everything(config.seed)
@@ -529,13 +795,29 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
             return validator is not None
 
         has_validator = _on_main(make, ctx)
-        best: tuple[float | None, int, dict[str, Any] | None] = (None, 0, None)
-        total_rows, total_seconds, stale = 0.0, 0.0, 0
-        stopped_early = False
-        for epoch in range(1, config.epochs + 1):
+        loop = _Loop(history=history)
+        best_snapshot: dict[str, Any] | None = None
+        checkpointer = None
+        first_epoch, resumed_steps, partial = 1, 0, (0.0, 0, 0.0)
+        resumed_from: int | None = None
+        if config.checkpoints is not None:
+            checkpointer = _Checkpointer(
+                config.checkpoints, model, optimizer, train_loader, sampler, ctx, config
+            )
+            restored = checkpointer.restore() if config.checkpoints.resume else None
+            if restored is not None:
+                loop, first_epoch, resumed_steps, partial = restored
+                resumed_from = loop.step
+                best_snapshot = checkpointer.best_snapshot(loop)
+        history = loop.history
+
+        for epoch in range(first_epoch, config.epochs + 1):
+            if loop.stopped_early:  # resumed after the run had already stopped early
+                break
             model.train()
             bar = tqdm(
                 total=steps_per_epoch(config.train, train_loader, config, ctx.world_size),
+                initial=resumed_steps,
                 desc=f"{spec.name} epoch {epoch}/{config.epochs}",
                 unit="batch",
                 disable=not (ctx.is_main and config.progress),
@@ -544,9 +826,16 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                 mininterval=2.0 if sys.stderr.isatty() else 30.0,
             )
             start = time.perf_counter()
+            done_before, (loss0, rows0, seconds0) = resumed_steps, partial
+            resumed_steps, partial = 0, (0.0, 0, 0.0)
             batches = _batches(train_loader, layout, ctx, until="any_done", generator=sampler)
-            loss_sum, rows = _train_epoch(model, optimizer, batches, ctx, config, bar)
-            seconds = time.perf_counter() - start
+            if checkpointer is not None:
+                batches = checkpointer.trail.wrap(batches)
+            on_step = _step_hook(loop, checkpointer, epoch, done_before, seconds0, start)
+            loss_sum, rows = _train_epoch(
+                model, optimizer, batches, ctx, config, bar, on_step, start=(loss0, rows0)
+            )
+            seconds = seconds0 + time.perf_counter() - start
             bar.close()
             g_loss, g_rows, g_seconds = all_reduce_sum([loss_sum, float(rows), seconds], ctx.device)
             epoch_seconds = g_seconds / ctx.world_size  # ranks run in lock-step
@@ -566,8 +855,8 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                 extra = _run_validator(validator, model, ctx)
                 for key, value in extra.items():
                     history.setdefault(key, []).append(float(value))
-            total_rows += g_rows
-            total_seconds += epoch_seconds
+            loop.total_rows += g_rows
+            loop.total_seconds += epoch_seconds
             if ctx.is_main:
                 shown = [k for k in history if k != "train_samples_per_s"]
                 logger.info(
@@ -583,40 +872,46 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
                     f"{spec.name}: the training loss is {history['train_loss'][-1]} at epoch "
                     f"{epoch}: lower the learning rates"
                 )
-            if spec.monitor is None:
-                continue
-            if spec.monitor not in history:
-                raise KeyError(
-                    f"{spec.name}: the monitored metric {spec.monitor!r} is not computed; "
-                    f"the per-epoch metrics are {sorted(history)}"
-                )
-            value = history[spec.monitor][-1]
-            if _improved(value, best[0], spec.monitor_mode):
-                # Every rank copies its own shards: nothing crosses the network.
-                best = (value, epoch, snapshot_local_state(model))
-                stale = 0
-            else:
-                stale += 1
-                if config.patience is not None and stale >= config.patience:
-                    stopped_early = epoch < config.epochs
-                    if ctx.is_main:
-                        logger.info(
-                            "%s: no better %s for %d epoch(s); stopping after epoch %d, "
-                            "keeping epoch %d",
-                            spec.name,
-                            spec.monitor,
-                            stale,
-                            epoch,
-                            best[1],
-                        )
-                    break
+            improved = False
+            if spec.monitor is not None:
+                if spec.monitor not in history:
+                    raise KeyError(
+                        f"{spec.name}: the monitored metric {spec.monitor!r} is not computed; "
+                        f"the per-epoch metrics are {sorted(history)}"
+                    )
+                value = history[spec.monitor][-1]
+                improved = _improved(value, loop.best_value, spec.monitor_mode)
+                if improved:
+                    # Every rank copies its own shards: nothing crosses the network.
+                    loop.best_value, loop.best_epoch, loop.stale = value, epoch, 0
+                    best_snapshot = snapshot_local_state(model)
+                    if checkpointer is not None:  # the checkpoint saved just below
+                        loop.best_checkpoint = checkpointer.epoch_end_name(loop)
+                else:
+                    loop.stale += 1
+                    if config.patience is not None and loop.stale >= config.patience:
+                        loop.stopped_early = epoch < config.epochs
+                        if ctx.is_main:
+                            logger.info(
+                                "%s: no better %s for %d epoch(s); stopping after epoch %d, "
+                                "keeping epoch %d",
+                                spec.name,
+                                spec.monitor,
+                                loop.stale,
+                                epoch,
+                                loop.best_epoch,
+                            )
+            if checkpointer is not None:
+                checkpointer.at_epoch_end(loop, epoch)
+            if loop.stopped_early:
+                break
 
         epochs_run = len(history["train_loss"])
         best_epoch = epochs_run
-        if spec.monitor is not None and best[2] is not None:
-            best_epoch = best[1]
+        if spec.monitor is not None and best_snapshot is not None:
+            best_epoch = loop.best_epoch
             if best_epoch != epochs_run:
-                restore_local_state(model, best[2])
+                restore_local_state(model, best_snapshot)
         state = gather_full_state_dict(model, ctx)
         if ctx.is_main:
             save_checkpoint(spec.checkpoint(state), config.checkpoint_path)
@@ -624,17 +919,26 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
             "history": history,
             "best_epoch": best_epoch,
             "epochs": epochs_run,
-            "stopped_early": stopped_early,
+            "stopped_early": loop.stopped_early,
             "monitor": spec.monitor,
-            "train_samples_per_s": total_rows / max(total_seconds, 1e-9),
+            "train_samples_per_s": loop.total_rows / max(loop.total_seconds, 1e-9),
             "world_size": ctx.world_size,
             "global_batch_size": config.batch_size * ctx.world_size,
-            "n_train_rows_seen": int(total_rows),
+            "n_train_rows_seen": int(loop.total_rows),
+            "steps": loop.step,
+            "resumed_from_step": resumed_from,
+            "checkpoints_saved": 0 if checkpointer is None else checkpointer.saved,
             "checkpoint_path": config.checkpoint_path,
             "device": ctx.device.type,
             "train_pipeline": "sparse_dist" if _use_sparse_dist(config, ctx) else "plain",
             "sharding": describe_plan(plan),
         }
-        return broadcast_from_main(result if ctx.is_main else None)
-    finally:
-        destroy_distributed()
+        result = broadcast_from_main(result if ctx.is_main else None)
+    except BaseException:
+        # No goodbye barrier: the other ranks may be waiting in another collective, which
+        # would then only fail at the timeout. Leaving closes this rank's connections, so
+        # theirs fail at once and this rank's exception is the first one reported.
+        destroy_distributed(wait_for_peers=False)
+        raise
+    destroy_distributed()
+    return result

@@ -2,8 +2,8 @@
 
 A modular pipeline: instantiate it inside a model's namespace, next to that model's spec node
 (which writes ``model_spec``). Free inputs: ``train_mds``, ``validation_mds``, ``model_spec``,
-``params:training``; outputs: ``model``, ``epoch_metrics``, ``training_summary``,
-``training_curves``.
+``training_checkpoints`` (the folder of its sharded checkpoints), ``params:training``;
+outputs: ``model``, ``epoch_metrics``, ``training_summary``, ``training_curves``.
 """
 
 from kedro.pipeline import Pipeline, node
@@ -16,7 +16,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 train_model,
-                inputs=["train_mds", "validation_mds", "model_spec", "params:training"],
+                inputs=[
+                    "train_mds",
+                    "validation_mds",
+                    "model_spec",
+                    "params:training",
+                    "training_checkpoints",
+                ],
                 outputs=["model", "epoch_metrics", "training_summary"],
                 name="train_model",
             ),
