@@ -1,6 +1,7 @@
 """Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
 from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 from recsys_kedro.hooks import SparkHooks
 from recsys_kedro.quiet import silence_known_noise
@@ -18,6 +19,9 @@ CONFIG_LOADER_ARGS = {
     # An environment (e.g. databricks) overrides single keys of parameters and mlflow.yml,
     # not whole sections.
     "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
+    # `${oc.env:NAME,default}` everywhere, not only in credentials: conf/cluster reads the
+    # master's address and the shared data root from the environment.
+    "custom_resolvers": {"oc.env": oc.env},
     "config_patterns": {
         "spark": ["spark*", "spark*/**"],
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],  # kedro-mlflow's own pattern

@@ -11,7 +11,10 @@ import datetime
 import logging
 import os
 import random
+import socket
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,6 +75,53 @@ def init_distributed(use_gpu: bool, timeout_s: float | None = None) -> DistConte
         timeout = None if timeout_s is None else datetime.timedelta(seconds=float(timeout_s))
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+@contextmanager
+def machine_local_ranks(ctx: DistContext) -> Iterator[None]:
+    """Make the torchrun environment tell which ranks share this machine, while Mosaic
+    streaming datasets are created (they read it once, when made). A collective.
+
+    TorchDistributor's cluster mode starts every rank as its own torchrun node
+    (``LOCAL_WORLD_SIZE=1``), also when several Spark tasks run on one machine. Mosaic then
+    makes each of them a "local leader", and they claim the same shared-memory names at once
+    (``FileExistsError: '/000000_locals'``). Here the ranks compare host names; if the
+    launcher's view is wrong, Mosaic is shown the true one: ``LOCAL_WORLD_SIZE`` = ranks per
+    machine, and ``RANK`` / ``LOCAL_RANK`` renumbered so that each machine's ranks are
+    consecutive (Mosaic assumes it). Every rank still reads a distinct partition; the
+    environment is restored afterwards.
+    """
+    hosts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    mine = [r for r in range(ctx.world_size) if hosts[r] == hosts[ctx.rank]]
+    if len(mine) == ctx.local_world_size:
+        yield  # the launcher's view is right (local mode, torchrun, one rank per machine)
+        return
+    per_machine = Counter(hosts)
+    if len(set(per_machine.values())) != 1:
+        raise RuntimeError(
+            f"the training ranks are spread unevenly over machines ({dict(per_machine)}); "
+            "Mosaic streaming needs the same number of ranks on every machine: give every "
+            "worker the same number of task slots (spark.executor.cores / spark.task.cpus, or "
+            "GPUs with spark.task.resource.gpu.amount)"
+        )
+    order = sorted(range(ctx.world_size), key=lambda r: (hosts[r], r))
+    view = {
+        "RANK": str(order.index(ctx.rank)),
+        "WORLD_SIZE": str(ctx.world_size),
+        "LOCAL_RANK": str(mine.index(ctx.rank)),
+        "LOCAL_WORLD_SIZE": str(len(mine)),
+    }
+    saved = {key: os.environ.get(key) for key in view}
+    os.environ.update(view)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def seed_everything(seed: int) -> None:

@@ -53,6 +53,7 @@ from recsys_kedro.training.distributed import (
     gather_full_state_dict,
     init_distributed,
     lockstep,
+    machine_local_ranks,
     seed_everything,
 )
 
@@ -689,7 +690,11 @@ class _Checkpointer:
                     f"cannot resume from {path}: it was written with {key}={state[key]}, this "
                     f"run has {key}={mine}; use the same setting, or resume=false to start over"
                 )
-        local = state["ranks"][self.ctx.rank]
+        # Each loader continues its own partition of the data: the state saved by the loader of
+        # the same (Mosaic) rank, which differs from the process rank when ranks share
+        # machines in cluster mode (see machine_local_ranks).
+        mine = [s for s in state["ranks"] if s["loader"]["rank"] == self.loader.rank]
+        local = mine[0] if mine else state["ranks"][self.ctx.rank]
         self.loader.load_state_dict(local["loader"])
         self.sampler.set_state(decode_tensor(local["sampler"]))
         loop = _Loop(**{f.name: state[f.name] for f in fields(_Loop)})
@@ -779,8 +784,11 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
         layout = spec.layout
         # The layout's sampled features (uniform negatives): a stream per rank, seeded.
         sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + ctx.rank)
-        train_loader = make_loader(config.train, layout, config, train=True, split="train")
-        val_loader = make_loader(config.validation, layout, config, train=False, split="validation")
+        with machine_local_ranks(ctx):  # Mosaic's view of which ranks share a machine
+            train_loader = make_loader(config.train, layout, config, train=True, split="train")
+            val_loader = make_loader(
+                config.validation, layout, config, train=False, split="validation"
+            )
         report_val_loss = bool(getattr(spec, "report_val_loss", True))
         history: dict[str, list[float]] = {"train_loss": []}
         if report_val_loss:

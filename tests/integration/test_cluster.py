@@ -1,0 +1,254 @@
+"""The two_tower pipeline on a real Spark standalone cluster, against the same run in local mode.
+
+A master and two workers (one core each) are started on 127.0.0.1 with the ``spark-class``
+launcher that ships in pyspark's wheel. The project is pointed at them by configuration only:
+``kedro run --env cluster`` (conf/cluster: the master from ``RECSYS_SPARK_MASTER``, the shared
+data root from ``RECSYS_DATA_ROOT``, ``TorchDistributor(local_mode=False, num_processes=2)``),
+as a separate process, as a user would run it. Training then runs inside the two executors.
+
+Tolerance: the cluster's metrics equal the local run's within 0.02 (absolute). The data,
+splits, shard order and seeds are the same; what differs is each rank's thread count (an
+executor rank has the machine's cores to itself), which can change float sums in the last
+bits and so, over two epochs, the metrics slightly.
+
+The cluster is stopped in the fixture's teardown, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from .conftest import make_project
+from .test_two_tower_pipeline import _write_fixture_inter
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+
+SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
+KEDRO = Path(sys.executable).parent / "kedro"
+#: A two_tower run small enough for a test (as test_two_tower_pipeline's SMALL_RUN), ALS off.
+PARAMS = ",".join(
+    [
+        "two_tower.features.split.test_size=4",
+        "two_tower.features.split.validation_size=2",
+        "two_tower.training.epochs=2",
+        "two_tower.training.batch_size=64",
+        "two_tower.training.eval_batch_size=256",
+        "two_tower.training.temperature=0.1",
+        "two_tower.training.embedding_lr=0.1",
+        "two_tower.training.dense_lr=0.005",
+        "two_tower.training.progress=false",
+        "two_tower.model.embedding_dim=16",
+        "two_tower.evaluation.als.enabled=false",
+    ]
+)
+TOLERANCE = 0.02
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandaloneCluster:
+    """A Spark standalone master and workers on 127.0.0.1, each daemon in its own process
+    group (stopped by process id, never by a pattern)."""
+
+    def __init__(self, workdir: Path, workers: int = 2, worker_memory: str = "3g") -> None:
+        self.workdir = workdir
+        self.n_workers = workers
+        self.worker_memory = worker_memory
+        self.port = _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+        self.env = {
+            **os.environ,
+            "SPARK_HOME": str(SPARK_CLASS.parent.parent),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOG_DIR": str(workdir / "logs"),
+            "PYSPARK_PYTHON": sys.executable,
+        }
+
+    def _daemon(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        process = subprocess.Popen(
+            [str(SPARK_CLASS), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def master_log(self) -> str:
+        return (self.workdir / "master.log").read_text(errors="replace")
+
+    def start(self, timeout_s: float = 120) -> None:
+        self._daemon(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--webui-port", str(_free_port()),
+        )  # fmt: skip
+        for i in range(self.n_workers):
+            self._daemon(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                self.url,
+                "--host", "127.0.0.1",
+                "--cores", "1",
+                "--memory", self.worker_memory,
+                "--webui-port", str(_free_port()),
+                "--work-dir", str(self.workdir / f"work{i}"),
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while self.master_log().count("Registering worker") < self.n_workers:
+            dead = [p.args[1] for p in self.processes if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the standalone cluster did not start ({dead or 'timeout'}):\n"
+                    + self.master_log()[-3000:]
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def executor_logs(self) -> list[str]:
+        """The stderr of every executor the cluster ran (one folder per executor)."""
+        return [
+            p.read_text(errors="replace")
+            for p in sorted(self.workdir.glob("work*/app-*/*/stderr"))
+            if p.is_file()
+        ]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark_cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _kedro_run(root: Path, env: str, extra_env: dict[str, str]) -> None:
+    process = subprocess.run(
+        [str(KEDRO), "run", "--pipelines=two_tower", f"--env={env}", f"--params={PARAMS}"],
+        cwd=root,
+        check=False,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert process.returncode == 0, (process.stdout + process.stderr)[-6000:]
+
+
+def _project(tmp_path_factory, name: str) -> Path:
+    root = make_project(tmp_path_factory.mktemp(name))
+    _write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    return root
+
+
+def _metrics(root: Path) -> dict:
+    return json.loads((root / "data/08_reporting/two_tower_metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    local = _project(tmp_path_factory, "local_run")
+    _kedro_run(local, "local", {})
+    on_cluster = _project(tmp_path_factory, "cluster_run")
+    _kedro_run(
+        on_cluster,
+        "cluster",
+        {"RECSYS_SPARK_MASTER": cluster.url, "RECSYS_DATA_ROOT": str(on_cluster / "data")},
+    )
+    return local, on_cluster
+
+
+def test_training_ran_inside_the_executors(cluster, runs):
+    _, on_cluster = runs
+    summary = json.loads(
+        (on_cluster / "data/06_models/two_tower_training_summary.json").read_text()
+    )
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    # TorchDistributor's cluster mode runs the ranks as the tasks of a barrier stage: one in
+    # each executor (one core each), so both executors' logs show a barrier task.
+    logs = cluster.executor_logs()
+    assert sum("BarrierTaskContext: Task" in log for log in logs) >= 2
+    # The checkpoints were written during training and removed once the model was saved.
+    assert not any((on_cluster / "data/06_models/checkpoints/two_tower").glob("*/step_*"))
+
+
+def test_cluster_metrics_match_local_mode(runs):
+    local, on_cluster = (_metrics(root) for root in runs)
+    assert on_cluster["n_train"] == local["n_train"] and on_cluster["n_test"] == local["n_test"]
+    assert on_cluster["popularity_ndcg@10"] == local["popularity_ndcg@10"]  # Spark: exact
+    for key in ("test_auc", "recall@10", "ndcg@10", "recall@100"):
+        assert abs(on_cluster[key] - local[key]) <= TOLERANCE, (key, on_cluster, local)
+
+
+RAISING_RANK = """
+import sys
+from recsys_kedro.spark import build_spark_session
+from recsys_kedro.training.launch import launch
+
+def train():
+    import os
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    if os.environ["RANK"] == "1":
+        raise ValueError("planted failure on rank 1")
+    dist.barrier()
+    return 0
+
+build_spark_session({"spark.master": sys.argv[1], "spark.driver.host": "127.0.0.1",
+                     "spark.driver.bindAddress": "127.0.0.1", "spark.executor.cores": "1",
+                     "spark.executor.memory": "1g", "spark.task.maxFailures": "1"})
+try:
+    launch(train, num_processes=2, local_mode=False, outcome_dir=sys.argv[2])
+except RuntimeError as exc:
+    print("LAUNCH ERROR:", exc)
+"""
+
+
+def test_a_raising_rank_in_cluster_mode_fails_fast_with_its_exception(cluster, runs, tmp_path):
+    script = tmp_path / "raising_rank.py"
+    script.write_text(RAISING_RANK)
+    start = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, str(script), cluster.url, str(tmp_path / "outcomes")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+    )
+    output = process.stdout + process.stderr
+    assert "LAUNCH ERROR:" in output, output[-4000:]
+    message = process.stdout.split("LAUNCH ERROR:", 1)[1]
+    assert "rank 1" in message and "ValueError: planted failure on rank 1" in message
+    assert time.perf_counter() - start < 300
