@@ -25,6 +25,7 @@ nothing to overlap and the plain loop runs (``train_pipeline`` chooses).
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -949,4 +950,10 @@ def fit(spec: ModelSpec, config: TrainConfig) -> dict[str, Any]:
         destroy_distributed(wait_for_peers=False)
         raise
     destroy_distributed()
+    # The sharded model keeps the process group's C++ objects alive through reference cycles:
+    # freed only by the garbage collector at interpreter exit, they can abort the process
+    # ("terminate called without an active exception", SIGABRT) after a successful run.
+    # Free them now, while the interpreter is whole.
+    del model, optimizer, train_loader, val_loader, checkpointer, best_snapshot
+    gc.collect()
     return result
