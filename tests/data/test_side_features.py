@@ -21,7 +21,7 @@ from recsys_kedro.data.side_features import (
     user_statistics,
     user_vocabularies,
 )
-from recsys_kedro.pipelines.features.nodes import build_id_index, split_interactions
+from recsys_kedro.data.interactions import build_id_index, split_interactions
 
 RAW = Path(__file__).resolve().parents[2] / "data" / "01_raw" / "ml-100k"
 

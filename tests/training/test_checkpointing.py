@@ -35,7 +35,7 @@ from recsys_kedro.training.checkpointing import (
     step_path,
 )
 from recsys_kedro.training.ranking import RankingSpec
-from recsys_kedro.training.trainer import TrainConfig
+from recsys_kedro.training.config import TrainConfig
 
 from .spawn import fit_on_rank, run_on_ranks
 from .test_ranking_train import _rows, _spec, _write
@@ -105,7 +105,7 @@ def _config(data, root: Path, **overrides) -> TrainConfig:
     kwargs = dict(
         train=data["train"],
         validation=data["validation"],
-        checkpoint_path=str(root / "model.pt"),
+        model_path=str(root / "model.pt"),
         epochs=3,
         batch_size=64,
         eval_batch_size=256,
@@ -257,8 +257,8 @@ def test_a_killed_rank_resumes_from_the_last_complete_checkpoint_row_for_row(
     for key, values in expected["history"].items():
         if key != "train_samples_per_s":
             np.testing.assert_allclose(resumed["history"][key], values, rtol=1e-5, atol=1e-6)
-    ours = load_model_checkpoint(resumed["checkpoint_path"])["state_dict"]
-    theirs = load_model_checkpoint(expected["checkpoint_path"])["state_dict"]
+    ours = load_model_checkpoint(resumed["model_path"])["state_dict"]
+    theirs = load_model_checkpoint(expected["model_path"])["state_dict"]
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6)
 

@@ -32,7 +32,7 @@ from recsys_kedro.models.ranking import (
 )
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_from_dict, spec_to_dict
-from recsys_kedro.training.trainer import ModelSpec, TrainConfig
+from recsys_kedro.training.config import ModelSpec, TrainConfig
 
 from .spawn import fit_on_rank as _fit
 from .spawn import run_on_ranks
@@ -136,7 +136,7 @@ def _config(data, tmp_path: Path, **overrides) -> TrainConfig:
     kwargs = dict(
         train=data["train"],
         validation=data["validation"],
-        checkpoint_path=str(tmp_path / "ckpt" / "model.pt"),
+        model_path=str(tmp_path / "ckpt" / "model.pt"),
         epochs=EPOCHS,
         batch_size=64,
         eval_batch_size=256,
@@ -240,7 +240,7 @@ def test_validation_auc_learns_the_signal_and_best_epoch_is_kept(trained):
 
 def test_checkpoint_scores_held_out_rows_like_validation(trained, data):
     spec, (r0, _) = trained
-    model = load_ranking_model(r0["checkpoint_path"])
+    model = load_ranking_model(r0["model_path"])
     assert model.config == spec.model and not model.training
     best_val_auc = r0["history"]["val_auc"][r0["best_epoch"] - 1]
     # The saved weights are the best epoch's: they reproduce its validation AUC ...
@@ -271,7 +271,7 @@ def test_early_stopping_when_validation_auc_cannot_improve(data, tmp_path):
     assert r0["stopped_early"] and r0["epochs"] == 2 < config.epochs
     assert r0["best_epoch"] == 1
     assert r0["history"]["val_auc"][1] == r0["history"]["val_auc"][0]
-    assert load_ranking_model(r0["checkpoint_path"]) is not None
+    assert load_ranking_model(r0["model_path"]) is not None
 
 
 def test_sparse_dist_train_pipeline_on_cpu(data, tmp_path):
@@ -283,7 +283,7 @@ def test_sparse_dist_train_pipeline_on_cpu(data, tmp_path):
     assert r0["train_pipeline"] == "sparse_dist" and r0["epochs"] == 2
     assert max(r0["history"]["val_auc"]) > 0.7, r0["history"]
     plain_config = dataclasses.replace(
-        config, train_pipeline="plain", checkpoint_path=str(tmp_path / "plain.pt")
+        config, train_pipeline="plain", model_path=str(tmp_path / "plain.pt")
     )
     plain, _ = _run(_spec("dlrm"), plain_config, tmp_path / "plain")
     for key in ("train_loss", "val_loss", "val_auc"):

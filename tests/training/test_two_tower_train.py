@@ -10,7 +10,7 @@ from streaming import MDSWriter
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.models.checkpoint import load_checkpoint
 from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, load_two_tower
-from recsys_kedro.training.trainer import TrainConfig
+from recsys_kedro.training.config import TrainConfig
 from recsys_kedro.training.two_tower import RetrievalValidator, TwoTowerSpec
 
 from .spawn import fit_on_rank as train
@@ -60,7 +60,7 @@ def _config(folders, tmp_path, loss="softmax", temperature=0.1, spec_overrides=N
     kwargs = dict(
         train=train_folder,
         validation=val_folder,
-        checkpoint_path=str(tmp_path / "ckpt" / "model.pt"),
+        model_path=str(tmp_path / "ckpt" / "model.pt"),
         epochs=3,
         batch_size=64,
         eval_batch_size=128,
@@ -102,7 +102,7 @@ def test_each_epoch_is_judged_by_validation_retrieval_metrics(two_rank_run):
 def test_the_kept_weights_are_the_best_epochs(two_rank_run, mds_folders):
     """Re-scoring the saved checkpoint reproduces the kept epoch's validation NDCG."""
     (spec, _), (r0, _) = two_rank_run
-    checkpoint = load_checkpoint(r0["checkpoint_path"])
+    checkpoint = load_checkpoint(r0["model_path"])
     state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
     metrics = RetrievalValidator.from_folders(spec, *mds_folders)(state)
     kept = r0["history"]["val_ndcg@10"][r0["best_epoch"] - 1]
@@ -119,7 +119,7 @@ def test_a_worse_last_epoch_is_not_kept(mds_folders, tmp_path):
     ndcg = r0["history"]["val_ndcg@10"]
     assert r0["best_epoch"] == int(np.argmax(ndcg)) + 1
     assert r0["best_epoch"] < r0["epochs"], f"the scenario needs a worse last epoch: {ndcg}"
-    checkpoint = load_checkpoint(r0["checkpoint_path"])
+    checkpoint = load_checkpoint(r0["model_path"])
     state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
     rescored = RetrievalValidator.from_folders(spec, *mds_folders)(state)["val_ndcg@10"]
     assert rescored == pytest.approx(max(ndcg), abs=1e-6)
@@ -146,7 +146,7 @@ def test_training_learns_and_reports_throughput(two_rank_run):
 
 def test_gathered_checkpoint_is_complete_and_loadable(two_rank_run):
     _, (r0, _) = two_rank_run
-    model = load_two_tower(r0["checkpoint_path"])  # strict load: every key present
+    model = load_two_tower(r0["model_path"])  # strict load: every key present
     emb = model.ebc.embedding_bags["t_user"].weight
     assert emb.shape == (N_USERS, 16)
     assert torch.isfinite(emb).all() and emb.abs().sum() > 0
@@ -181,7 +181,7 @@ def test_uniform_negatives_train_through_the_sharded_tables(two_rank_run, mds_fo
     assert r0["history"]["train_loss"] != plain["history"]["train_loss"]  # they took part
     assert r0["history"]["val_auc"][-1] > 0.7  # and it still learns the clusters
     # The checkpoint is the plain model: it serves without the negative features.
-    assert load_two_tower(r0["checkpoint_path"]).negative_features == ()
+    assert load_two_tower(r0["model_path"]).negative_features == ()
 
 
 # ----------------------------------------------------------------------- the validator alone

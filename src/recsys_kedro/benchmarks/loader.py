@@ -157,7 +157,8 @@ def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: P
     """The pipeline's sharded two-tower (DMP, fused optimizers) on a 1-process gloo group."""
     from recsys_kedro.models.two_tower import TwoTowerConfig
     from recsys_kedro.training.distributed import init_distributed
-    from recsys_kedro.training.trainer import TrainConfig, build_sharded_model
+    from recsys_kedro.training.config import TrainConfig
+    from recsys_kedro.training.sharding import build_sharded_model
     from recsys_kedro.training.two_tower import TwoTowerSpec
 
     os.environ.update(
@@ -175,7 +176,7 @@ def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: P
     config = TrainConfig(
         train=block_folder,
         validation=block_folder,
-        checkpoint_path=str(workdir / "unused.pt"),
+        model_path=str(workdir / "unused.pt"),
         batch_size=batch_size,
     )
     model, optimizer, _ = build_sharded_model(spec, config, ctx)
@@ -198,7 +199,7 @@ def _stage(name: str, row_folder, block_folder, args: argparse.Namespace, workdi
         res = _measure(_block_batches(block_folder, bs, cache), _rows, 1e9)
     else:  # "de": the model alone, then fed by (c), on the same sharded model
         from recsys_kedro.training.distributed import destroy_distributed
-        from recsys_kedro.training.trainer import train_step
+        from recsys_kedro.training.steps import train_step
 
         model, optimizer = _model(block_folder, args.users, args.items, bs, Path(workdir))
         in_memory = []

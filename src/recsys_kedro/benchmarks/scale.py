@@ -156,18 +156,20 @@ def _spark_conf(conf_dir: Path, driver_memory: str | None) -> dict[str, Any]:
 
 def _params(conf_dir: Path, work: Path, eval_users: int) -> dict[str, Any]:
     """The two_tower parameters, as the pipeline gets them, with the benchmark's overrides:
-    one epoch, the checkpoint staged in the work folder, and per-epoch validation on a
-    seeded sample of ``eval_users`` users (``validation.max_users``, the knob for large data)
-    unless the conf already caps it."""
+    one epoch, the model staged in the work folder, no resume checkpoints, and per-epoch
+    validation on a seeded sample of ``eval_users`` users (``validation.max_users``, the knob
+    for large data) unless the conf already caps it. ``launch``: the environment's launch
+    settings (``parameters.yml``)."""
     params = _read_yaml(conf_dir / "parameters_two_tower.yml")["two_tower"]
     training = dict(params["training"])
     validation = dict(training.get("validation") or {})
     if validation.get("max_users") is None:
         validation["max_users"] = int(eval_users)
-    training.update(
-        epochs=1, checkpoint_dir=str(work / "06_models" / "staging"), validation=validation
-    )
+    training.update(epochs=1, validation=validation)
     params["training"] = training
+    launch = dict(_read_yaml(conf_dir / "parameters.yml")["launch"])
+    launch.update(staging_dir=str(work / "06_models" / "staging"), checkpoints=None)
+    params["launch"] = launch
     return params
 
 
@@ -217,7 +219,7 @@ def stage_generate(spark: Any, spec: Any, paths: Paths) -> dict[str, Any]:
 def stage_ingestion(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
     from recsys_kedro.data.ratings import read_ratings_table
     from recsys_kedro.data.synthetic_ratings import RATING_RANGE
-    from recsys_kedro.pipelines.ingestion.nodes import deduplicate_ratings
+    from recsys_kedro.data.interactions import deduplicate_ratings
 
     # The raw parquet as a table: RatingsDataset(table=...) reads it with this function.
     spark.read.parquet(str(paths.raw)).createOrReplaceTempView("scale_raw_ratings")
@@ -227,7 +229,7 @@ def stage_ingestion(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[st
 
 
 def stage_features(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
-    from recsys_kedro.pipelines.features.nodes import (
+    from recsys_kedro.data.interactions import (
         index_and_label,
         index_items,
         index_users,
@@ -253,7 +255,7 @@ def stage_features(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str
 
 def stage_export(spark: Any, paths: Paths, params: dict[str, Any], entry: dict) -> dict[str, Any]:
     from recsys_kedro.datasets.mds_dataset import MDSDataset
-    from recsys_kedro.pipelines.export.nodes import to_mds_frame
+    from recsys_kedro.data.export import to_mds_frame
 
     folders = {}
     for split in SPLITS:
@@ -269,17 +271,18 @@ def stage_train(
     import pandas as pd
 
     from recsys_kedro.models.checkpoint import save_checkpoint
-    from recsys_kedro.pipelines.training.nodes import train_model
-    from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
+    from recsys_kedro.training.run import TrainSettings, train
+    from recsys_kedro.training.specs import spec_to_dict
+    from recsys_kedro.training.two_tower import two_tower_spec_from_params
 
     popularity = pd.read_parquet(paths.item_popularity)  # the catalog's @pandas dataset
-    spec = two_tower_spec(stats, popularity, params["model"], params["training"])
+    spec = two_tower_spec_from_params(stats, popularity, params["model"], params["training"])
     del popularity
-    checkpoint, _, summary = train_model(
-        folders["train"], folders["validation"], spec, params["training"]
-    )
-    save_checkpoint(checkpoint, str(paths.model))  # the catalog's TorchCheckpointDataset
-    del checkpoint, spec
+    settings = TrainSettings.from_params(params["training"], params["launch"])
+    result = train(spec, spec_to_dict(spec), folders["train"], folders["validation"], settings)
+    save_checkpoint(result.model, str(paths.model))  # the catalog's TorchCheckpointDataset
+    summary = result.summary
+    del result, spec
     keys = ("n_train_rows_seen", "train_samples_per_s", "world_size", "global_batch_size")
     out = {k: summary[k] for k in keys}
     out["validation"] = {k: v[-1] for k, v in summary["history"].items() if k.startswith("val_")}
@@ -455,8 +458,8 @@ def _import_stage_modules() -> None:
         "recsys_kedro.datasets.mds_dataset",
         "recsys_kedro.evaluation.lists",
         "recsys_kedro.models.two_tower",
-        "recsys_kedro.pipelines.training.nodes",
-        "recsys_kedro.pipelines.two_tower.nodes",
+        "recsys_kedro.training.run",
+        "recsys_kedro.training.two_tower",
         "recsys_kedro.retrieval",
     ):
         importlib.import_module(name)

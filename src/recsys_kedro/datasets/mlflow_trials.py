@@ -10,7 +10,7 @@ from typing import Any
 import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
-from recsys_kedro.pipelines.reporting import mlflow_metric_name
+from recsys_kedro.reporting import mlflow_metric_name
 
 
 class MlflowTrialsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):

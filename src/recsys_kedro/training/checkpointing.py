@@ -51,13 +51,16 @@ class CheckpointPolicy:
     valid for the model, data and settings that wrote it). ``every_n_steps``: also after every
     N global training steps (``None``: at epoch ends only). ``keep_last``: complete checkpoints
     kept (the best epoch's is kept as well). ``resume``: continue from the newest complete
-    checkpoint in ``directory`` if there is one.
+    checkpoint in ``directory`` if there is one. ``keep_after_success``: keep ``directory``
+    once the model is saved (by default the trainer removes it: checkpoints exist to survive
+    a failure).
     """
 
     directory: str
     every_n_steps: int | None = None
     keep_last: int = 2
     resume: bool = True
+    keep_after_success: bool = False
 
     def __post_init__(self) -> None:
         if not self.directory:

@@ -176,6 +176,25 @@ def gather_full_state_dict(module: nn.Module, ctx: DistContext) -> dict[str, tor
     return full if ctx.is_main else None
 
 
+def on_main(fn, ctx: DistContext):
+    """``fn()`` on rank 0, its result broadcast to every rank. If it raises, every rank
+    raises (rank 0 the original error), so no rank is left waiting in a collective."""
+    outcome: tuple[bool, Any] | None = None
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            outcome = (True, fn())
+        except Exception as exc:  # re-raised below, after the other ranks are told
+            error = exc
+            outcome = (False, f"{type(exc).__name__}: {exc}")
+    ok, value = broadcast_from_main(outcome)
+    if error is not None:
+        raise error
+    if not ok:
+        raise RuntimeError(f"rank 0 failed: {value}")
+    return value
+
+
 def destroy_distributed(wait_for_peers: bool = True) -> None:
     """Leave the process group; with ``wait_for_peers``, after every rank got here (a
     barrier: no rank tears down while another still needs it). On an error path pass

@@ -54,6 +54,8 @@ class RankingSpec:
     list_key: str | None = None
     list_item: str | None = None
 
+    report_val_loss = True  # ModelSpec: a class attribute, not a field
+
     def __post_init__(self) -> None:
         if not isinstance(self.model, RankingConfig):
             raise ValueError(f"model must be a RankingConfig, got {type(self.model).__name__}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -66,7 +67,7 @@ class TwoTowerSpec:
     validation_max_users: int | None = None
     validation_seed: int = 0
 
-    report_val_loss = False  # a class attribute read by the trainer, not a field
+    report_val_loss = False  # ModelSpec: a class attribute, not a field (see config.py)
 
     def __post_init__(self) -> None:
         ks = tuple(int(k) for k in self.validation_ks)
@@ -235,3 +236,72 @@ class RetrievalValidator:
             batch_size=self.batch_size,
         )
         return {f"val_{k}": v for k, v in metrics.items() if "@" in k}
+
+
+LOG_Q_SOURCES = {"positives": "n_positive", "candidates": "n_rated", "none": None}
+
+
+class StaleStatisticsError(ValueError):
+    """The item statistics and the item index come from different runs of the features."""
+
+
+def _log_q_counts(popularity: pd.DataFrame, source: str) -> tuple[int, ...] | None:
+    if source not in LOG_Q_SOURCES:
+        raise ValueError(f"log_q must be one of {sorted(LOG_Q_SOURCES)}, got {source!r}")
+    column = LOG_Q_SOURCES[source]
+    if column is None:
+        return None
+    if column not in popularity:
+        raise StaleStatisticsError(f"item_popularity has no {column!r} column")
+    return tuple(int(c) for c in popularity[column])
+
+
+def two_tower_spec_from_params(
+    split_statistics: dict[str, Any],
+    item_popularity: pd.DataFrame,
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+) -> TwoTowerSpec:
+    """The two-tower's spec: table sizes from the indexes, the loss and its log-q counts.
+
+    Args:
+        split_statistics: the sizes of the user and item indexes (``n_users``, ``n_items``).
+        item_popularity: ``item_idx, n_positive, n_rated`` (log-q correction of the softmax
+            loss: ``training.log_q`` picks ``candidates`` = every train row, ``positives``
+            or ``none``).
+        model_params: ``embedding_dim``, ``layer_sizes``, ``normalize``.
+        training_params: ``loss``, ``temperature``, ``log_q``, ``mask_same_user``,
+            ``uniform_negatives`` (extra negatives per row, drawn uniformly),
+            ``monitor`` (the per-epoch validation metric that picks the epoch kept, e.g.
+            ``val_ndcg@10``; null: the last epoch) and ``validation`` (``ks``,
+            ``max_users``, ``seed``).
+
+    Raises:
+        StaleStatisticsError: the popularity table does not cover the item index.
+        ValueError: a bad model or training setting.
+    """
+    n_items = int(split_statistics["n_items"])
+    popularity = item_popularity.sort_values("item_idx")
+    if len(popularity) != n_items or (popularity["item_idx"].to_numpy() != range(n_items)).any():
+        raise StaleStatisticsError(
+            f"item_popularity covers {len(popularity)} items, the index {n_items}"
+        )
+    validation = dict(training_params.get("validation") or {})
+    return TwoTowerSpec(
+        model=TwoTowerConfig(
+            num_users=int(split_statistics["n_users"]),
+            num_items=n_items,
+            embedding_dim=int(model_params["embedding_dim"]),
+            layer_sizes=tuple(model_params["layer_sizes"]),
+            normalize=bool(model_params.get("normalize", True)),
+        ),
+        loss=training_params["loss"],
+        temperature=float(training_params["temperature"]),
+        item_counts=_log_q_counts(popularity, training_params.get("log_q", "positives")),
+        mask_same_user=bool(training_params.get("mask_same_user", False)),
+        uniform_negatives=int(training_params.get("uniform_negatives", 0)),
+        monitor=training_params.get("monitor", "val_ndcg@10"),
+        validation_ks=tuple(validation.get("ks", (10,))),
+        validation_max_users=validation.get("max_users"),
+        validation_seed=int(validation.get("seed", 0)),
+    )

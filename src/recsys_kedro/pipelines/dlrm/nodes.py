@@ -20,7 +20,7 @@ from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.evaluation.ranking import logistic_regression_scores, ranking_metrics
 from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, score_frame
-from recsys_kedro.pipelines.reporting import metrics_and_tags
+from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_to_dict

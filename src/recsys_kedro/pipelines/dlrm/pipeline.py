@@ -8,7 +8,7 @@ too, instantiated here in namespace ``dlrm`` (datasets ``dlrm.*``, parameters
 
 from kedro.pipeline import Pipeline, node
 
-from recsys_kedro.pipelines import export, training
+from recsys_kedro.pipelines.shared import export, training
 
 from .nodes import (
     dlrm_spec,
@@ -71,4 +71,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         prefix_datasets_with_namespace=False,
     )
     stages = data + export.create_pipeline() + spec + training.create_pipeline() + evaluation
-    return Pipeline(stages, namespace=NAMESPACE)
+    return Pipeline(stages, namespace=NAMESPACE, parameters={"params:launch"})

@@ -35,7 +35,7 @@ from recsys_kedro.evaluation.retrieval import (
     popularity_score_fn,
 )
 from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, score_frame
-from recsys_kedro.pipelines.reporting import metrics_and_tags
+from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.retrieval import IndexConfig, build_index, recall_vs_exact, search
 from recsys_kedro.retrieval.candidates import (
     candidate_lists,

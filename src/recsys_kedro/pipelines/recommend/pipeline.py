@@ -13,8 +13,8 @@ import warnings
 
 from kedro.pipeline import Pipeline, node
 
-from recsys_kedro.pipelines import export, training
 from recsys_kedro.pipelines import two_tower as two_tower_pipeline
+from recsys_kedro.pipelines.shared import export, training
 
 from .nodes import (
     build_item_profiles,
@@ -97,6 +97,7 @@ def _rated_pairs_ablation() -> Pipeline:
             "params:model": "params:model",
             "params:training": "params:training",
             "params:export": "params:export",
+            "params:launch": "params:launch",
         },
     )
 
@@ -289,5 +290,6 @@ def _create_pipeline() -> Pipeline:
             f"{TT}.user_index@pandas",
             f"{TT}.item_index@pandas",
         },
+        parameters={"params:launch"},
     )
     return _two_tower_stages() + funnel

@@ -8,8 +8,9 @@ ratings stay a global dataset (other pipelines read the same source).
 
 from kedro.pipeline import Pipeline, node
 
-from recsys_kedro.pipelines import evaluation, export, features, ingestion, training
+from recsys_kedro.pipelines.shared import export, training
 
+from . import evaluation, features, ingestion
 from .nodes import two_tower_spec
 
 NAMESPACE = "two_tower"
@@ -41,4 +42,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         + training.create_pipeline()
         + evaluation.create_pipeline()
     )
-    return Pipeline(stages, namespace=NAMESPACE, inputs={"raw_ratings"})
+    return Pipeline(
+        stages, namespace=NAMESPACE, inputs={"raw_ratings"}, parameters={"params:launch"}
+    )

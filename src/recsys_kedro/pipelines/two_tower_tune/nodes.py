@@ -9,8 +9,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from recsys_kedro.mds import MDSFolder
-from recsys_kedro.pipelines.training.nodes import train_model
-from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
+from recsys_kedro.training.run import TrainSettings, train
+from recsys_kedro.training.specs import spec_to_dict
+from recsys_kedro.training.two_tower import two_tower_spec_from_params
 from recsys_kedro.tuning import SearchSpace, apply_overrides, history_figure, run_study
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,13 @@ def tune_two_tower(
     item_popularity: pd.DataFrame,
     model_params: dict[str, Any],
     training_params: dict[str, Any],
+    launch_params: dict[str, Any],
     tune_params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], Figure]:
-    """Search ``tune_params["space"]`` with Optuna; each trial trains the two-tower through
-    the shared training node (TorchDistributor, the shared trainer) and is scored by its kept
-    epoch's validation metric (``objective``, e.g. ``val_ndcg@10``). Test data is never read.
+    """Search ``tune_params["space"]`` with Optuna; each trial trains the two-tower as the
+    training stage does (TorchDistributor, the shared trainer; no resume checkpoints) and is
+    scored by its kept epoch's validation metric (``objective``, e.g. ``val_ndcg@10``). Test
+    data is never read.
 
     Returns:
         The study (every trial: parameters, validation metrics, state, error), the best
@@ -72,10 +75,12 @@ def tune_two_tower(
 
     def objective(values: dict[str, Any]) -> dict[str, float]:
         params = apply_overrides({"model": model_params, "training": base_training}, values)
-        spec = two_tower_spec(
+        spec = two_tower_spec_from_params(
             split_statistics, item_popularity, params["model"], params["training"]
         )
-        _, _, summary = train_model(train_mds, validation_mds, spec, params["training"])
+        settings = TrainSettings.from_params(params["training"], launch_params)
+        result = train(spec, spec_to_dict(spec), train_mds, validation_mds, settings)
+        summary = result.summary
         kept = int(summary["best_epoch"]) - 1
         metrics = {k: float(v[kept]) for k, v in summary["history"].items() if k.startswith("val_")}
         metrics["best_epoch"] = float(summary["best_epoch"])

@@ -6,7 +6,8 @@ reused, not copied), so a search runs on exactly the data the model is trained o
 
 from kedro.pipeline import Pipeline, node
 
-from recsys_kedro.pipelines import export, features, ingestion
+from recsys_kedro.pipelines.shared import export
+from recsys_kedro.pipelines.two_tower import features, ingestion
 
 from .nodes import tune_two_tower
 
@@ -25,6 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "item_popularity@pandas",
                     "params:model",
                     "params:training",
+                    "params:launch",
                     "params:tune",
                 ],
                 outputs=["tune_study", "best_params", "tune_history"],
@@ -35,4 +37,9 @@ def create_pipeline(**kwargs) -> Pipeline:
         prefix_datasets_with_namespace=False,
     )
     stages = ingestion.create_pipeline() + features.create_pipeline() + export.create_pipeline()
-    return Pipeline(stages + tune, namespace=NAMESPACE, inputs={"raw_ratings"})
+    return Pipeline(
+        stages + tune,
+        namespace=NAMESPACE,
+        inputs={"raw_ratings"},
+        parameters={"params:launch"},
+    )

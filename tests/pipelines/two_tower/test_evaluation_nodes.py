@@ -12,12 +12,12 @@ from kedro.io import DataCatalog
 
 from recsys_kedro.models.als import ALSGrid
 from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, make_checkpoint
-from recsys_kedro.pipelines.evaluation.nodes import (
+from recsys_kedro.pipelines.two_tower.evaluation.nodes import (
     embed_users_and_items,
     evaluate_retrieval,
     fit_als_baseline,
 )
-from recsys_kedro.pipelines.evaluation.pipeline import create_pipeline
+from recsys_kedro.pipelines.two_tower.evaluation.pipeline import create_pipeline
 from recsys_kedro.pipelines.two_tower.pipeline import create_pipeline as two_tower
 from recsys_kedro.settings import CONFIG_LOADER_ARGS
 

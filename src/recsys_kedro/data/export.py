@@ -1,4 +1,4 @@
-"""Export nodes: shape a split for Mosaic MDS (the catalog's MDSDataset writes and checks it)."""
+"""Export: shape a split for Mosaic MDS (the catalog's MDSDataset writes and checks it)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 from recsys_kedro.mds import write_mds
 from recsys_kedro.mds.block_writer import write_mds_blocks
 from recsys_kedro.models.two_tower import model_from_checkpoint
-from recsys_kedro.pipelines.training.nodes import (
+from recsys_kedro.pipelines.shared.training.nodes import (
     plot_training_curves,
     run_fingerprint,
     train_model,
@@ -79,7 +79,7 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
     ndcg = summary["history"]["val_ndcg@10"]
     assert summary["monitor"] == "val_ndcg@10"
     assert summary["best_epoch"] == int(np.argmax(ndcg)) + 1  # the best validation epoch
-    assert "checkpoint_path" not in summary
+    assert "model_path" not in summary
     assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
     figure = plot_training_curves(summary)
     assert len(figure.axes) == 4  # loss, AUC, recall@10, ndcg@10

@@ -22,7 +22,7 @@ from recsys_kedro.evaluation.retrieval import (
 )
 from recsys_kedro.models.als import ALSGrid, grid_search_als
 from recsys_kedro.models.two_tower import model_from_checkpoint
-from recsys_kedro.pipelines.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
+from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Feature nodes, all in Spark: id indexes, labels, the train/validation/test split, statistics.
+"""Interactions in Spark, Kedro-free: one clean rating per (user, item), id indexes, labels,
+the train/validation/test split and its statistics.
 
 Nothing here collects rows to the driver; only aggregates (counts) come back.
 """
@@ -15,6 +16,29 @@ from pyspark.sql import types as T
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+
+
+def deduplicate_ratings(ratings: DataFrame, params: dict[str, Any]) -> DataFrame:
+    """Keep one rating per (user, item): the latest one (ties: the highest rating).
+
+    Args:
+        ratings: validated raw ratings ``user_id, item_id, rating, timestamp``, as loaded by
+            ``RatingsDataset`` (which already rejects malformed rows with a clear error).
+        params: ``min_user_interactions``: users with fewer interactions are dropped
+            (they cannot be split into train, validation and test).
+
+    Returns:
+        ``user_id, item_id, rating, timestamp`` with unique (user_id, item_id).
+    """
+    w = Window.partitionBy("user_id", "item_id").orderBy(
+        F.col("timestamp").desc_nulls_last(), F.col("rating").desc()
+    )
+    unique = ratings.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
+    min_n = int(params.get("min_user_interactions", 1))
+    if min_n > 1:
+        counts = unique.groupBy("user_id").agg(F.count("*").alias("_n"))
+        unique = unique.join(counts.where(F.col("_n") >= min_n), "user_id").drop("_n")
+    return unique.select("user_id", "item_id", "rating", "timestamp")
 
 
 def build_id_index(ratings: DataFrame, id_column: str, index_column: str) -> DataFrame:

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import (
+from recsys_kedro.data.interactions import (
     index_and_label,
     index_items,
     index_users,

@@ -6,7 +6,7 @@ A modular pipeline: instantiate it inside a model's namespace (``two_tower``, ``
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import to_mds_frame
+from recsys_kedro.data.export import to_mds_frame
 
 SPLITS = ("train", "validation", "test")
 

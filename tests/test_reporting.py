@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys_kedro.pipelines.reporting import metrics_and_tags, mlflow_metric_name
+from recsys_kedro.reporting import metrics_and_tags, mlflow_metric_name
 
 
 def test_mlflow_metric_names_have_no_at_sign():

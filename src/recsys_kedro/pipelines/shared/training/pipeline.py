@@ -2,7 +2,9 @@
 
 A modular pipeline: instantiate it inside a model's namespace, next to that model's spec node
 (which writes ``model_spec``). Free inputs: ``train_mds``, ``validation_mds``, ``model_spec``,
-``training_checkpoints`` (the folder of its sharded checkpoints), ``params:training``;
+``training_checkpoints`` (the folder of its sharded checkpoints), ``params:training`` (the
+model's optimisation settings) and ``params:launch`` (the environment's launch settings,
+global: keep it out of the model's namespace with ``parameters={"params:launch"}``);
 outputs: ``model``, ``epoch_metrics``, ``training_summary``, ``training_curves``.
 """
 
@@ -21,6 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "validation_mds",
                     "model_spec",
                     "params:training",
+                    "params:launch",
                     "training_checkpoints",
                 ],
                 outputs=["model", "epoch_metrics", "training_summary"],

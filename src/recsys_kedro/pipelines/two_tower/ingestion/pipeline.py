@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node
 
-from .nodes import deduplicate_ratings
+from recsys_kedro.data.interactions import deduplicate_ratings
 
 
 def create_pipeline(**kwargs) -> Pipeline:

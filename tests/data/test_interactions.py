@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_kedro.pipelines.features.nodes import (
+from recsys_kedro.data.interactions import (
+    deduplicate_ratings,
     build_id_index,
     index_and_label,
     index_items,
@@ -129,3 +130,26 @@ def test_summary_counts_each_split_and_rejects_an_empty_one(spark):
     assert stats["train"]["interactions"] == 14
     with pytest.raises(ValueError, match="validation split is empty"):
         summarise_splits(train, val.limit(0), test, users, items)
+
+
+def test_deduplicate_keeps_the_latest_rating_per_pair(spark):
+    df = spark.createDataFrame(
+        [("u1", "i1", 2.0, 10), ("u1", "i1", 5.0, 20), ("u1", "i2", 3.0, 5), ("u2", "i1", 4.0, 7)],
+        RATINGS,
+    )
+    out = {(r.user_id, r.item_id): r.rating for r in deduplicate_ratings(df, {}).collect()}
+    assert out == {("u1", "i1"): 5.0, ("u1", "i2"): 3.0, ("u2", "i1"): 4.0}
+
+
+def test_deduplicate_without_timestamps_keeps_the_highest_rating(spark):
+    df = spark.createDataFrame([("u1", "i1", 2.0, None), ("u1", "i1", 4.5, None)], RATINGS)
+    assert [r.rating for r in deduplicate_ratings(df, {}).collect()] == [4.5]
+
+
+def test_users_below_the_minimum_are_dropped(spark):
+    df = spark.createDataFrame(
+        [("u1", "i1", 2.0, 1), ("u1", "i2", 2.0, 2), ("u2", "i1", 4.0, 3)], RATINGS
+    )
+    out = deduplicate_ratings(df, {"min_user_interactions": 2})
+    assert {r.user_id for r in out.collect()} == {"u1"}
+    assert out.columns == ["user_id", "item_id", "rating", "timestamp"]

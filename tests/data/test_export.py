@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_kedro.pipelines.export.nodes import to_mds_frame
+from recsys_kedro.data.export import to_mds_frame
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
 

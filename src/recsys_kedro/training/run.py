@@ -1,0 +1,277 @@
+"""One training run from the driver: typed settings in, the trained model and its summary out.
+
+:func:`train` is what every caller uses (the Kedro training node, the tuning study, the scale
+benchmark): it launches :func:`~recsys_kedro.training.trainer.fit` on the ranks with
+``TorchDistributor`` (:func:`~recsys_kedro.training.launch.launch`) and owns the one file
+that crosses from the ranks to the driver: rank 0 writes the gathered model to a unique
+staging file, which this module reads back and deletes, failure or not. The resume
+checkpoints are the trainer's (it creates, prunes and, after success, removes them); this
+module only names their folder, by the run's fingerprint.
+
+Settings come in two halves with different owners: :class:`OptimSettings` is per model (what
+a run computes), :class:`LaunchSettings` is per environment (where and how it runs: ranks,
+local or cluster mode, GPU, timeouts, staging and checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from recsys_kedro.mds import MDSFolder
+from recsys_kedro.models.checkpoint import load_checkpoint
+from recsys_kedro.training.checkpointing import CheckpointPolicy
+from recsys_kedro.training.launch import launch, resolve_use_gpu
+from recsys_kedro.training.trainer import ModelSpec, TrainConfig, fit
+
+
+def _known(cls: type, values: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if strict and unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+    return {k: v for k, v in values.items() if k in names}
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """What a training run computes, besides the model and the data (per model).
+
+    ``batch_size`` is per rank. ``patience``: stop after that many epochs without a better
+    monitored metric (``None``: run every epoch; the best epoch is kept either way).
+    """
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    embedding_lr: float
+    dense_lr: float
+    seed: int = 42
+    drop_last: bool = True
+    patience: int | None = None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> OptimSettings:
+        """From a model's ``training`` parameters; keys that are not optimisation settings
+        (the model spec's: loss, monitor, ...) are left to the spec."""
+        values = _known(cls, params, strict=False)
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in values
+        )
+        if missing:
+            raise KeyError(f"missing training setting(s) {missing}")
+        settings = cls(**values)
+        return dataclasses.replace(
+            settings,
+            epochs=int(settings.epochs),
+            batch_size=int(settings.batch_size),
+            eval_batch_size=int(settings.eval_batch_size),
+            embedding_lr=float(settings.embedding_lr),
+            dense_lr=float(settings.dense_lr),
+            seed=int(settings.seed),
+            drop_last=bool(settings.drop_last),
+            patience=None if settings.patience is None else int(settings.patience),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Sharded resume checkpoints: ``every_n_steps`` (also every N steps; ``None``: at
+    epoch ends only), ``keep_last`` complete ones kept while training, ``resume`` from the
+    newest complete one, ``keep_after_success`` (``False``: removed once the model is saved)."""
+
+    every_n_steps: int | None = None
+    keep_last: int = 2
+    resume: bool = True
+    keep_after_success: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Where and how a run executes (per environment, shared by every model).
+
+    ``use_gpu``: ``None`` = use CUDA when the driver sees it. ``staging_dir``: storage the
+    driver and every rank share (rank 0 writes the model there, the ranks their outcomes).
+    ``cache_dir``: Mosaic's local cache for remote MDS folders (one sub-folder per model and
+    split). ``train_pipeline``: ``auto`` (TorchRec's ``TrainPipelineSparseDist`` on GPU, the
+    plain loop on CPU), ``plain`` or ``sparse_dist``. ``checkpoints``: ``None`` turns resume
+    checkpoints off.
+    """
+
+    staging_dir: str
+    num_processes: int = 2
+    local_mode: bool = True
+    use_gpu: bool | None = None
+    timeout_s: float = 600.0
+    cache_dir: str | None = None
+    progress: bool = True
+    train_pipeline: str = "auto"
+    checkpoints: CheckpointSettings | None = field(default_factory=CheckpointSettings)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> LaunchSettings:
+        """From the ``launch`` parameters (conf/<env>/parameters.yml); unknown keys are an
+        error (a misspelt launch setting would otherwise be ignored silently)."""
+        values = _known(cls, dict(params), strict=True)
+        if "staging_dir" not in values:
+            raise KeyError("missing launch setting 'staging_dir'")
+        checkpoints = values.pop("checkpoints", {})
+        if checkpoints is not None:
+            checkpoints = CheckpointSettings(
+                **_known(CheckpointSettings, dict(checkpoints), strict=True)
+            )
+        return cls(**values, checkpoints=checkpoints)
+
+    def identity(self) -> dict[str, Any]:
+        """The launch settings that change what a run computes (and so its fingerprint):
+        the number of ranks (batches are per rank) and the training loop."""
+        return {"num_processes": int(self.num_processes), "train_pipeline": self.train_pipeline}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A model's optimisation settings and the environment's launch settings."""
+
+    optim: OptimSettings
+    launch: LaunchSettings
+
+    @classmethod
+    def from_params(cls, training: dict[str, Any], launch: dict[str, Any]) -> TrainSettings:
+        return cls(OptimSettings.from_params(training), LaunchSettings.from_params(launch))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained model (its checkpoint: config + full state dict), the per-epoch history
+    (``{metric: [value per epoch]}``) and the run's summary (history, best epoch, throughput,
+    sharding plan, fingerprint, ...)."""
+
+    model: dict[str, Any]
+    history: dict[str, list[float]]
+    summary: dict[str, Any]
+
+
+class TrainingFailed(RuntimeError):
+    """A launch failed; ``resumes_from`` is the checkpoint folder a re-run continues from."""
+
+    def __init__(self, message: str, resumes_from: str | None) -> None:
+        super().__init__(message)
+        self.resumes_from = resumes_from
+
+
+def _folder_identity(folder: MDSFolder) -> dict[str, Any]:
+    """What identifies an exported folder's content: its description and its MDS index."""
+    fs, root = fsspec.core.url_to_fs(folder.remote or folder.local)
+    index = f"{root.rstrip('/')}/index.json"
+    digest = hashlib.sha256(fs.cat_file(index)).hexdigest() if fs.exists(index) else None
+    return {**dataclasses.asdict(folder), "local": None, "index_sha256": digest}
+
+
+def run_fingerprint(
+    model_spec: dict[str, Any], settings: TrainSettings, *folders: MDSFolder
+) -> str:
+    """A short hash of what a training run computes: the model, the optimisation settings,
+    the launch settings that shape the batches and the data (not where or how verbosely it
+    runs). Checkpoints live in a folder named by it, so a run resumes only from checkpoints
+    of the same model, settings and data."""
+    what = {
+        "spec": model_spec,
+        "training": {**dataclasses.asdict(settings.optim), **settings.launch.identity()},
+        "data": [_folder_identity(folder) for folder in folders],
+    }
+    text = json.dumps(what, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checkpoint_policy(
+    settings: LaunchSettings, checkpoints_root: str | None, fingerprint: str
+) -> CheckpointPolicy | None:
+    ckpt = settings.checkpoints
+    if checkpoints_root is None or ckpt is None:
+        return None
+    return CheckpointPolicy(
+        directory=f"{checkpoints_root.rstrip('/')}/{fingerprint}",
+        every_n_steps=ckpt.every_n_steps,
+        keep_last=int(ckpt.keep_last),
+        resume=bool(ckpt.resume),
+        keep_after_success=bool(ckpt.keep_after_success),
+    )
+
+
+def train(
+    spec: ModelSpec,
+    model_spec: dict[str, Any],
+    train_mds: MDSFolder,
+    validation_mds: MDSFolder,
+    settings: TrainSettings,
+    checkpoints_root: str | None = None,
+) -> TrainResult:
+    """Train ``spec``'s model on ``settings.launch.num_processes`` ranks.
+
+    Args:
+        spec: the model (``model_spec`` is its plain-values form, hashed into the
+            fingerprint).
+        train_mds, validation_mds: the exported MDS folders (each rank streams its share).
+        checkpoints_root: the folder of this model's resume checkpoints; the run writes
+            under ``<folder>/<fingerprint>`` (:func:`run_fingerprint`), so a re-run of the
+            same model on the same data continues where a failed run stopped. ``None``: no
+            checkpoints (e.g. tuning trials).
+
+    Raises:
+        TrainingFailed: a rank raised or died (the message names it).
+    """
+    optim, launch_settings = settings.optim, settings.launch
+    use_gpu = resolve_use_gpu(launch_settings.use_gpu)
+    fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
+    policy = _checkpoint_policy(launch_settings, checkpoints_root, fingerprint)
+    staging_dir = launch_settings.staging_dir.rstrip("/")
+    cache = launch_settings.cache_dir
+    config = TrainConfig(
+        train=train_mds,
+        validation=validation_mds,
+        model_path=f"{staging_dir}/{spec.name}-{uuid.uuid4().hex}.pt",
+        epochs=optim.epochs,
+        batch_size=optim.batch_size,
+        eval_batch_size=optim.eval_batch_size,
+        embedding_lr=optim.embedding_lr,
+        dense_lr=optim.dense_lr,
+        seed=optim.seed,
+        use_gpu=use_gpu,
+        cache_dir=f"{cache.rstrip('/')}/{spec.name}" if cache else None,
+        progress=bool(launch_settings.progress),
+        drop_last=optim.drop_last,
+        patience=optim.patience,
+        train_pipeline=launch_settings.train_pipeline,
+        checkpoints=policy,
+        timeout_s=float(launch_settings.timeout_s),
+    )
+    fs, staged = fsspec.core.url_to_fs(config.model_path)
+    try:
+        result = launch(
+            fit,
+            spec,
+            config,
+            num_processes=int(launch_settings.num_processes),
+            local_mode=bool(launch_settings.local_mode),
+            use_gpu=use_gpu,
+            # Shared storage on a cluster (like the staged model): the ranks' outcomes.
+            outcome_dir=staging_dir,
+        )
+        model = load_checkpoint(config.model_path)
+    except RuntimeError as exc:
+        resumes = policy.directory if policy is not None and policy.resume else None
+        raise TrainingFailed(str(exc), resumes) from exc
+    finally:
+        if fs.exists(staged):
+            fs.rm(staged)  # the caller saves the model; the staged copy is transport only
+    summary = {k: v for k, v in result.items() if k != "model_path"}
+    summary["run_fingerprint"] = fingerprint if policy is not None else None
+    return TrainResult(model=model, history=result["history"], summary=summary)
