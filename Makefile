@@ -1,6 +1,7 @@
 # Two commands do everything (see README.md):
 #   make run   set up (venv, pinned stack, MovieLens-100K) and run the two_tower pipeline
-#   make test  the same set-up, then lint and the whole test suite
+#   make test  the same set-up, then lint and the whole test suite (CI runs this)
+#   make test-fast  lint and the tests that run no whole pipeline and nothing slow (the edit loop)
 # Each set-up step leaves a stamp in .setup/ and is skipped when its inputs are unchanged.
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # pip on this machine kind warns once per package about local index folders; keep the log readable.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup run test lint format viz mlflow-ui clean-setup
+.PHONY: setup run test test-fast lint format viz mlflow-ui clean-setup
 .DEFAULT_GOAL := run
 
 setup: $(STAMPS)/venv.stamp $(STAMPS)/data.stamp
@@ -51,6 +52,11 @@ test: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMPS)/venv.stamp
 	$(VENV)/bin/ruff check src tests scripts

@@ -33,18 +33,43 @@ def spark():
 
 
 @pytest.fixture(scope="session")
-def recommend_project(tmp_path_factory, spark):
-    """A small project after one `recommend` run, read (never written) by the pipeline's
-    integration checks and by the notebook test: the funnel runs once per test session."""
+def two_tower_project(tmp_path_factory, spark):
+    """A small project after one `two_tower` run (two epochs, a one-point ALS grid), read
+    (never written) by every test that needs one: the pipeline's integration checks, the
+    notebook test, the cluster test's comparison and the `recommend` run built on it."""
     import copy
 
     from tests.integration.conftest import make_project, run_project
-    from tests.integration.test_recommend_pipeline import PARAMS, _write_side_files
-    from tests.integration.test_two_tower_pipeline import _write_fixture_inter
+    from tests.integration.test_two_tower_pipeline import (
+        SMALL_RUN,
+        write_fixture_inter,
+        write_fixture_item,
+    )
+
+    root = make_project(tmp_path_factory.mktemp("two_tower_project"))
+    raw = root / "data" / "01_raw" / "ml-100k"
+    n_pairs = write_fixture_inter(raw / "ml-100k.inter")
+    write_fixture_item(raw / "ml-100k.item")
+    run_project(root, {"two_tower": copy.deepcopy(SMALL_RUN)}, pipeline_name="two_tower")
+    return root, n_pairs
+
+
+@pytest.fixture(scope="session")
+def recommend_project(tmp_path_factory, two_tower_project):
+    """A small project after one `recommend` run, read (never written) by the pipeline's
+    integration checks and by the notebook test: the funnel runs once per test session.
+
+    It starts from a copy of the session's `two_tower` project and runs the funnel's own
+    nodes (namespace `recommend`) on the two-tower that run trained: the two_tower stages
+    the funnel shares are the very nodes that run executed, with the same parameters."""
+    import copy
+    import shutil
+
+    from tests.integration.conftest import make_project, run_project
+    from tests.integration.test_recommend_pipeline import PARAMS, write_side_files
 
     root = make_project(tmp_path_factory.mktemp("recommend_project"))
-    raw = root / "data" / "01_raw" / "ml-100k"
-    _write_fixture_inter(raw / "ml-100k.inter")
-    _write_side_files(raw)
-    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend")
+    shutil.copytree(two_tower_project[0] / "data", root / "data")
+    write_side_files(root / "data" / "01_raw" / "ml-100k")
+    run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend", namespaces=["recommend"])
     return root

@@ -46,9 +46,10 @@ def test_every_dataset_resolves_in_databricks(databricks, name):
 
 def test_dlrm_on_databricks_trains_on_gpus_from_volumes(databricks):
     loader, catalog = databricks
-    training = loader["parameters"]["dlrm"]["training"]
-    assert training["use_gpu"] is True and training["local_mode"] is False
-    assert training["checkpoint_dir"].startswith("/Volumes/")
+    launch = loader["parameters"]["launch"]
+    assert launch["use_gpu"] is True and launch["local_mode"] is False
+    assert launch["staging_dir"].startswith("/Volumes/")
+    assert loader["parameters"]["dlrm"]["training"]["batch_size"] == 8192  # the model's own
     assert str(catalog.get("dlrm.train_mds")._describe()["filepath"]).startswith("/Volumes/")
     # base parameters still apply where databricks does not override them
     assert loader["parameters"]["dlrm"]["model"]["architecture"] == "dlrm"
@@ -71,9 +72,11 @@ def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):
 def test_databricks_tracking_and_gpu_training_parameters(databricks):
     loader, _ = databricks
     assert loader["mlflow"]["server"]["mlflow_tracking_uri"] == "databricks"
-    training = loader["parameters"]["two_tower"]["training"]
-    assert training["use_gpu"] is True and training["local_mode"] is False
-    assert training["checkpoint_dir"].startswith("/Volumes/")
+    launch = loader["parameters"]["launch"]
+    assert launch["use_gpu"] is True and launch["local_mode"] is False
+    assert launch["cache_dir"].startswith("/local_disk0/")
+    # base launch settings still apply where databricks does not override them
+    assert launch["checkpoints"]["keep_last"] == 2
     # base parameters still apply where databricks does not override them
     assert loader["parameters"]["two_tower"]["evaluation"]["ks"] == [10, 20, 100]
     spark = loader["spark"]
@@ -84,7 +87,7 @@ def test_local_environment_keeps_the_embedded_defaults():
     loader = _loader("local")
     assert loader["mlflow"]["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
     assert loader["spark"]["spark.master"] == "local[2]"
-    assert loader["parameters"]["two_tower"]["training"]["local_mode"] is True
+    assert loader["parameters"]["launch"]["local_mode"] is True
 
 
 def _paths(catalog) -> dict[str, str]:
@@ -111,9 +114,7 @@ def test_one_setting_moves_every_layer_to_the_volume():
     assert layers >= {"02", "03", "04", "05", "06", "07", "08"}, layers
     off_volume = {n: p for n, p in paths.items() if not p.startswith(root + "/")}
     assert not off_volume, off_volume
-    for model in ("two_tower", "dlrm", "recommend"):
-        staging = loader["parameters"][model]["training"]["checkpoint_dir"]
-        assert staging == f"{root}/06_models/staging"
+    assert loader["parameters"]["launch"]["staging_dir"] == f"{root}/06_models/staging"
     local = _loader("local")
     local_paths = _paths(DataCatalog.from_config(local["catalog"]))
     assert all("data/0" in p for p in local_paths.values()), local_paths

@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 KEYS = (
     "rows_per_s_a", "rows_per_s_b", "rows_per_s_c", "rows_per_s_d", "rows_per_s_e",
     "ratio_c_a", "ratio_e_d", "peak_rss_mb",

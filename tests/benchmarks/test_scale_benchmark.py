@@ -17,6 +17,8 @@ import pytest
 from recsys_kedro.benchmarks.scale import STAGES, main, score_sample
 from recsys_kedro.data.synthetic_ratings import SyntheticRatingsSpec, user_activity
 
+pytestmark = pytest.mark.slow
+
 N, USERS, ITEMS, EVAL_USERS = 20_000, 2_000, 500, 100
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import mlflow.pyfunc
+import pytest
 
 from recsys_kedro.benchmarks.serving import main
 from recsys_kedro.serving.recommender import FunnelRecommender
 from tests.serving.test_recommender import N_USERS, _inputs
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_benchmark_measures_each_index_kind(tmp_path, capsys):

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from recsys_kedro.data.interactions import (
-    deduplicate_ratings,
     build_id_index,
+    deduplicate_ratings,
     index_and_label,
     index_items,
     index_users,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys_kedro.data.interactions import build_id_index, split_interactions
 from recsys_kedro.data.side_features import (
     DENSE_FEATURES,
     SPARSE_FEATURES,
@@ -21,7 +22,6 @@ from recsys_kedro.data.side_features import (
     user_statistics,
     user_vocabularies,
 )
-from recsys_kedro.data.interactions import build_id_index, split_interactions
 
 RAW = Path(__file__).resolve().parents[2] / "data" / "01_raw" / "ml-100k"
 

@@ -22,7 +22,7 @@ def _items(n: int = 300, dim: int = 8) -> np.ndarray:
 )
 def test_round_trip(tmp_path, config):
     items = _items()
-    ds = FaissIndexDataset(filepath=str(tmp_path / "recommend" / "item_index.faiss"))
+    ds = FaissIndexDataset(filepath=str(tmp_path / "recommend" / "retrieval_index.faiss"))
     assert not ds.exists()
     index = build_index(items, config)
     ds.save(index)
@@ -40,7 +40,7 @@ def test_round_trip(tmp_path, config):
 
 
 def test_saving_something_else_is_refused(tmp_path):
-    ds = FaissIndexDataset(filepath=str(tmp_path / "item_index.faiss"))
+    ds = FaissIndexDataset(filepath=str(tmp_path / "retrieval_index.faiss"))
     with pytest.raises(DatasetError, match=r"can only save a faiss.Index .* got ndarray"):
         ds.save(_items())
     assert not ds.exists()  # nothing written
@@ -53,14 +53,14 @@ def test_a_missing_file_names_the_fix(tmp_path):
 
 
 def test_a_file_that_is_not_an_index_is_refused(tmp_path):
-    path = tmp_path / "item_index.faiss"
+    path = tmp_path / "retrieval_index.faiss"
     path.write_bytes(b"not an index at all")
     with pytest.raises(DatasetError, match="not a readable FAISS index"):
         FaissIndexDataset(filepath=str(path)).load()
 
 
 def test_describe_and_fs_args(tmp_path):
-    path = str(tmp_path / "item_index.faiss")
+    path = str(tmp_path / "retrieval_index.faiss")
     ds = FaissIndexDataset(
         filepath=path,
         fs_args={"open_args_save": {"block_size": 1024}, "open_args_load": {}},
@@ -75,7 +75,7 @@ def test_describe_and_fs_args(tmp_path):
 def test_memory_filesystem_and_catalog_config():
     import fsspec
 
-    path = "memory:///test_faiss_index/recommend/item_index.faiss"
+    path = "memory:///test_faiss_index/recommend/retrieval_index.faiss"
     catalog = DataCatalog.from_config(
         {
             "item_index": {

@@ -28,7 +28,8 @@ def make_project(root: Path, local_catalog: str | None = None) -> Path:
 
 
 def run_project(root: Path, runtime_params: dict[str, Any], **run_kwargs: Any) -> None:
-    """``kedro run`` of ``root`` in this process, as a separate ``kedro run`` would be.
+    """``kedro run`` of ``root`` in this process, as a separate ``kedro run`` would be
+    (progress bars off unless ``runtime_params`` turns them on).
 
     MLflow keeps its active run in process-global state that a separate process would not
     share: a run left open by an earlier session would swallow this session's parameters
@@ -38,6 +39,8 @@ def run_project(root: Path, runtime_params: dict[str, Any], **run_kwargs: Any) -
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
+    launch = runtime_params.setdefault("launch", {})
+    launch.setdefault("progress", False)  # no progress bars in test logs
     while mlflow.active_run():
         mlflow.end_run()
     mp = pytest.MonkeyPatch()

@@ -1,4 +1,5 @@
-"""The two_tower pipeline on a real Spark standalone cluster, against the same run in local mode.
+"""The two_tower pipeline on a real Spark standalone cluster, against the same run in local mode
+(the test session's one small two_tower run, tests/conftest.py).
 
 A master and two workers (one core each) are started on 127.0.0.1 with the ``spark-class``
 launcher that ships in pyspark's wheel. The project is pointed at them by configuration only:
@@ -27,30 +28,26 @@ from pathlib import Path
 
 import pyspark
 import pytest
+import yaml
 
 from .conftest import make_project
-from .test_two_tower_pipeline import _write_fixture_inter
+from .test_two_tower_pipeline import SMALL_RUN, write_fixture_inter
 
-pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 KEDRO = Path(sys.executable).parent / "kedro"
-#: A two_tower run small enough for a test (as test_two_tower_pipeline's SMALL_RUN), ALS off.
-PARAMS = ",".join(
-    [
-        "two_tower.features.split.test_size=4",
-        "two_tower.features.split.validation_size=2",
-        "two_tower.training.epochs=2",
-        "two_tower.training.batch_size=64",
-        "two_tower.training.eval_batch_size=256",
-        "two_tower.training.temperature=0.1",
-        "two_tower.training.embedding_lr=0.1",
-        "two_tower.training.dense_lr=0.005",
-        "two_tower.training.progress=false",
-        "two_tower.model.embedding_dim=16",
-        "two_tower.evaluation.als.enabled=false",
-    ]
-)
+
+
+#: The session's small two_tower run (SMALL_RUN) as a parameters file of the project's cluster
+#: environment; ALS is off (its figures are not compared), which changes none of the
+#: two-tower's.
+RUN_PARAMETERS = {
+    "two_tower": {
+        **{k: v for k, v in SMALL_RUN.items() if k != "evaluation"},
+        "evaluation": {"als": {"enabled": False}},
+    }
+}
 TOLERANCE = 0.02
 
 
@@ -155,7 +152,7 @@ def cluster(tmp_path_factory):
 
 def _kedro_run(root: Path, env: str, extra_env: dict[str, str]) -> None:
     process = subprocess.run(
-        [str(KEDRO), "run", "--pipelines=two_tower", f"--env={env}", f"--params={PARAMS}"],
+        [str(KEDRO), "run", "--pipelines=two_tower", f"--env={env}"],
         cwd=root,
         check=False,
         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", **extra_env},
@@ -168,7 +165,9 @@ def _kedro_run(root: Path, env: str, extra_env: dict[str, str]) -> None:
 
 def _project(tmp_path_factory, name: str) -> Path:
     root = make_project(tmp_path_factory.mktemp(name))
-    _write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    conf = root / "conf" / "cluster" / "parameters_test_run.yml"
+    conf.write_text(yaml.safe_dump(RUN_PARAMETERS))
     return root
 
 
@@ -177,9 +176,8 @@ def _metrics(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    local = _project(tmp_path_factory, "local_run")
-    _kedro_run(local, "local", {})
+def runs(cluster, tmp_path_factory, two_tower_project):
+    local, _ = two_tower_project
     on_cluster = _project(tmp_path_factory, "cluster_run")
     _kedro_run(
         on_cluster,

@@ -14,6 +14,8 @@ from recsys_kedro.mds import count_block_rows
 
 from .conftest import make_project, run_project
 
+pytestmark = pytest.mark.integration
+
 ROWS = 12000
 PARAMS = {
     "dlrm": {
@@ -41,7 +43,6 @@ PARAMS = {
             "embedding_lr": 0.1,
             "dense_lr": 0.005,
             "eval_batch_size": 1024,
-            "progress": False,
         },
     }
 }

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from .conftest import PROJECT_ROOT, make_project, run_project
+
+pytestmark = pytest.mark.integration
 
 FIXTURE = PROJECT_ROOT / "tests" / "fixtures" / "ratings" / "item_ratings.csv"
 

@@ -6,7 +6,6 @@ TorchDistributor with 2 gloo processes, TorchRec sharding, kedro-mlflow on a SQL
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import pytest
 
 from recsys_kedro.mds import count_block_rows, read_block_metadata
 
-from .conftest import make_project, run_project
+pytestmark = pytest.mark.integration
 
 N_USERS, N_ITEMS = 60, 45
 
 
-def _write_fixture_inter(path: Path) -> int:
+def write_fixture_inter(path: Path) -> int:
     """A RecBole ``.inter`` file in which users prefer items of their own cluster.
 
     Popular items exist (item ids skewed) so the popularity baseline is not trivial; a model
@@ -44,14 +43,20 @@ def _write_fixture_inter(path: Path) -> int:
     return len(rows) - 1
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("project"))
-    n_pairs = _write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
-    return root, n_pairs
+GENRES = ("Comedy Romance", "Action Thriller", "Sci-Fi Film-Noir")  # one per item cluster
 
 
-#: A two_tower run small enough for a test on the fixture data (also used by the notebook test).
+def write_fixture_item(path: Path) -> None:
+    """A RecBole ``.item`` file like ml-100k's: id, title, year, space-separated genres."""
+    lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
+    lines += [
+        f"{i}\tFixture Movie {i}\t{1990 + i % 7}\t{GENRES[i % 3]}" for i in range(1, N_ITEMS + 1)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+#: A two_tower run small enough for a test on the fixture data: the session's one two_tower
+#: run (tests/conftest.py), which the notebook, cluster and recommend tests read too.
 SMALL_RUN = {
     "features": {"split": {"test_size": 4, "validation_size": 2}},
     "training": {
@@ -61,18 +66,22 @@ SMALL_RUN = {
         "temperature": 0.1,
         "embedding_lr": 0.1,
         "dense_lr": 0.005,
-        "progress": False,
     },
     "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
+    "evaluation": {  # ALS tuned on a one-point grid: the search itself is tested in tests/models
+        "als": {
+            "max_iter": 3,
+            "num_blocks": 2,
+            "grid": {"rank": [8], "reg_param": [0.1], "alpha": [1.0]},
+        }
+    },
 }
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(project, spark):
-    """Run ``two_tower`` once for all the checks of this module."""
-    root, n_pairs = project
-    run_project(root, {"two_tower": copy.deepcopy(SMALL_RUN)}, pipeline_name="two_tower")
-    return root, n_pairs
+def pipeline_run(two_tower_project):
+    """The session's one small `two_tower` run (tests/conftest.py builds it with SMALL_RUN)."""
+    return two_tower_project
 
 
 def test_metrics_file_has_every_key(pipeline_run):
@@ -92,7 +101,8 @@ def test_metrics_file_has_every_key(pipeline_run):
     assert metrics["test_auc"] > 0.6  # the clusters are learnable within two epochs
     assert (root / "data/08_reporting/two_tower_metrics_at_k.png").stat().st_size > 0
     als = json.loads((root / "data/08_reporting/two_tower_als_baseline.json").read_text())
-    assert als["enabled"] and len(als["validation"]) == 8  # the default grid, tuned in Spark
+    grid = SMALL_RUN["evaluation"]["als"]["grid"]
+    assert als["enabled"] and len(als["validation"]) == np.prod([len(v) for v in grid.values()])
     assert als["test"]["ndcg@10"] == metrics["als_ndcg@10"]
     assert (root / "data/08_reporting/two_tower_training_curves.png").stat().st_size > 0
 

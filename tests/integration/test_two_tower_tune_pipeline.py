@@ -9,17 +9,19 @@ import pytest
 import yaml
 
 from .conftest import make_project, run_project
-from .test_two_tower_pipeline import _write_fixture_inter
+from .test_two_tower_pipeline import write_fixture_inter
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def tune_run(tmp_path_factory, spark):
     root = make_project(tmp_path_factory.mktemp("tune"))
-    _write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
     runtime_params = {
         "two_tower": {
             "features": {"split": {"test_size": 4, "validation_size": 2}},
-            "training": {"batch_size": 64, "eval_batch_size": 256, "progress": False},
+            "training": {"batch_size": 64, "eval_batch_size": 256},
             "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
             "tune": {
                 "n_trials": 2,

@@ -16,46 +16,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.integration.conftest import PROJECT_ROOT, make_project, run_project
-from tests.integration.test_two_tower_pipeline import N_ITEMS, SMALL_RUN, _write_fixture_inter
+from tests.integration.conftest import PROJECT_ROOT
+from tests.integration.test_two_tower_pipeline import GENRES, N_ITEMS
 
 pytestmark = pytest.mark.integration
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "two_tower.ipynb"
-GENRES = ("Comedy Romance", "Action Thriller", "Sci-Fi Film-Noir")  # one per item cluster
-REPORT = "NOTEBOOK_REPORT "
-
-
-def _write_fixture_item(path: Path) -> None:
-    """A RecBole ``.item`` file like ml-100k's: id, title, year, space-separated genres."""
-    lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-    lines += [
-        f"{i}\tFixture Movie {i}\t{1990 + i % 7}\t{GENRES[i % 3]}" for i in range(1, N_ITEMS + 1)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, spark):
-    """A small project after one two_tower run (2 epochs, ALS with a single grid point)."""
-    root = make_project(tmp_path_factory.mktemp("notebook_project"))
-    raw = root / "data" / "01_raw" / "ml-100k"
-    _write_fixture_inter(raw / "ml-100k.inter")
-    _write_fixture_item(raw / "ml-100k.item")
-    runtime_params = {
-        "two_tower": {
-            **copy.deepcopy(SMALL_RUN),
-            "evaluation": {
-                "als": {
-                    "max_iter": 3,
-                    "num_blocks": 2,
-                    "grid": {"rank": [8], "reg_param": [0.1], "alpha": [1.0]},
-                }
-            },
-        }
-    }
-    run_project(root, runtime_params, pipeline_name="two_tower")
-    return root
+def project(two_tower_project):
+    """The session's one small two_tower run (2 epochs, ALS with a single grid point)."""
+    return two_tower_project[0]
 
 
 def execute_notebook(path: Path, project: Path, jupyter_prefix: Path, report_code: str):

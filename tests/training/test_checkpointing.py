@@ -34,8 +34,8 @@ from recsys_kedro.training.checkpointing import (
     remove_partial,
     step_path,
 )
-from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.config import TrainConfig
+from recsys_kedro.training.ranking import RankingSpec
 
 from .spawn import fit_on_rank, run_on_ranks
 from .test_ranking_train import _rows, _spec, _write

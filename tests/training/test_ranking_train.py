@@ -30,9 +30,9 @@ from recsys_kedro.models.ranking import (
     model_from_checkpoint,
     predict_proba,
 )
+from recsys_kedro.training.config import ModelSpec, TrainConfig
 from recsys_kedro.training.ranking import RankingSpec
 from recsys_kedro.training.specs import spec_from_dict, spec_to_dict
-from recsys_kedro.training.config import ModelSpec, TrainConfig
 
 from .spawn import fit_on_rank as _fit
 from .spawn import run_on_ranks

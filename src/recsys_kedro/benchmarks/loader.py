@@ -156,8 +156,8 @@ def _free_port() -> int:
 def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: Path):
     """The pipeline's sharded two-tower (DMP, fused optimizers) on a 1-process gloo group."""
     from recsys_kedro.models.two_tower import TwoTowerConfig
-    from recsys_kedro.training.distributed import init_distributed
     from recsys_kedro.training.config import TrainConfig
+    from recsys_kedro.training.distributed import init_distributed
     from recsys_kedro.training.sharding import build_sharded_model
     from recsys_kedro.training.two_tower import TwoTowerSpec
 

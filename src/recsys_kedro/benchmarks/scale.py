@@ -217,9 +217,9 @@ def stage_generate(spark: Any, spec: Any, paths: Paths) -> dict[str, Any]:
 
 
 def stage_ingestion(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
+    from recsys_kedro.data.interactions import deduplicate_ratings
     from recsys_kedro.data.ratings import read_ratings_table
     from recsys_kedro.data.synthetic_ratings import RATING_RANGE
-    from recsys_kedro.data.interactions import deduplicate_ratings
 
     # The raw parquet as a table: RatingsDataset(table=...) reads it with this function.
     spark.read.parquet(str(paths.raw)).createOrReplaceTempView("scale_raw_ratings")
@@ -254,8 +254,8 @@ def stage_features(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str
 
 
 def stage_export(spark: Any, paths: Paths, params: dict[str, Any], entry: dict) -> dict[str, Any]:
-    from recsys_kedro.datasets.mds_dataset import MDSDataset
     from recsys_kedro.data.export import to_mds_frame
+    from recsys_kedro.datasets.mds_dataset import MDSDataset
 
     folders = {}
     for split in SPLITS:

@@ -27,7 +27,7 @@ class FaissIndexDataset(AbstractDataset[faiss.Index, faiss.Index]):
 
         item_index:
           type: recsys_kedro.datasets.faiss_index.FaissIndexDataset
-          filepath: data/06_models/recommend/item_index.faiss
+          filepath: data/06_models/recommend/retrieval_index.faiss
           metadata:
             kedro-viz:
               layer: models
@@ -38,7 +38,7 @@ class FaissIndexDataset(AbstractDataset[faiss.Index, faiss.Index]):
 
         item_index:
           type: recsys_kedro.datasets.faiss_index.FaissIndexDataset
-          filepath: s3://my-bucket/06_models/recommend/item_index.faiss
+          filepath: s3://my-bucket/06_models/recommend/retrieval_index.faiss
           credentials: s3_credentials
     """
 

@@ -136,6 +136,10 @@ class LaunchSettings:
         return {"num_processes": int(self.num_processes), "train_pipeline": self.train_pipeline}
 
 
+class SettingsError(ValueError):
+    """A training or launch setting is missing or invalid (the message names it)."""
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """A model's optimisation settings and the environment's launch settings."""
@@ -145,7 +149,12 @@ class TrainSettings:
 
     @classmethod
     def from_params(cls, training: dict[str, Any], launch: dict[str, Any]) -> TrainSettings:
-        return cls(OptimSettings.from_params(training), LaunchSettings.from_params(launch))
+        """Raises :class:`SettingsError` for a missing or unknown key (the values are
+        checked where they are used, by :class:`~recsys_kedro.training.config.TrainConfig`)."""
+        try:
+            return cls(OptimSettings.from_params(training), LaunchSettings.from_params(launch))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SettingsError(str(exc).strip("'\"")) from exc
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,38 @@ def _checkpoint_policy(
     )
 
 
+def _config(
+    spec: ModelSpec,
+    train_mds: MDSFolder,
+    validation_mds: MDSFolder,
+    settings: TrainSettings,
+    use_gpu: bool,
+) -> TrainConfig:
+    """The trainer's config (it validates every value): the model staged under a unique
+    name, Mosaic's cache in a folder per model."""
+    optim, launch_settings = settings.optim, settings.launch
+    staging_dir = launch_settings.staging_dir.rstrip("/")
+    cache = launch_settings.cache_dir
+    return TrainConfig(
+        train=train_mds,
+        validation=validation_mds,
+        model_path=f"{staging_dir}/{spec.name}-{uuid.uuid4().hex}.pt",
+        epochs=optim.epochs,
+        batch_size=optim.batch_size,
+        eval_batch_size=optim.eval_batch_size,
+        embedding_lr=optim.embedding_lr,
+        dense_lr=optim.dense_lr,
+        seed=optim.seed,
+        use_gpu=use_gpu,
+        cache_dir=f"{cache.rstrip('/')}/{spec.name}" if cache else None,
+        progress=bool(launch_settings.progress),
+        drop_last=optim.drop_last,
+        patience=optim.patience,
+        train_pipeline=launch_settings.train_pipeline,
+        timeout_s=float(launch_settings.timeout_s),
+    )
+
+
 def train(
     spec: ModelSpec,
     model_spec: dict[str, Any],
@@ -226,33 +267,19 @@ def train(
             checkpoints (e.g. tuning trials).
 
     Raises:
+        SettingsError: a setting is invalid, checked before anything is launched.
         TrainingFailed: a rank raised or died (the message names it).
     """
-    optim, launch_settings = settings.optim, settings.launch
+    launch_settings = settings.launch
     use_gpu = resolve_use_gpu(launch_settings.use_gpu)
-    fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
-    policy = _checkpoint_policy(launch_settings, checkpoints_root, fingerprint)
     staging_dir = launch_settings.staging_dir.rstrip("/")
-    cache = launch_settings.cache_dir
-    config = TrainConfig(
-        train=train_mds,
-        validation=validation_mds,
-        model_path=f"{staging_dir}/{spec.name}-{uuid.uuid4().hex}.pt",
-        epochs=optim.epochs,
-        batch_size=optim.batch_size,
-        eval_batch_size=optim.eval_batch_size,
-        embedding_lr=optim.embedding_lr,
-        dense_lr=optim.dense_lr,
-        seed=optim.seed,
-        use_gpu=use_gpu,
-        cache_dir=f"{cache.rstrip('/')}/{spec.name}" if cache else None,
-        progress=bool(launch_settings.progress),
-        drop_last=optim.drop_last,
-        patience=optim.patience,
-        train_pipeline=launch_settings.train_pipeline,
-        checkpoints=policy,
-        timeout_s=float(launch_settings.timeout_s),
-    )
+    try:
+        config = _config(spec, train_mds, validation_mds, settings, use_gpu)
+        fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
+        policy = _checkpoint_policy(launch_settings, checkpoints_root, fingerprint)
+        config = dataclasses.replace(config, checkpoints=policy)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
     fs, staged = fsspec.core.url_to_fs(config.model_path)
     try:
         result = launch(

@@ -10,24 +10,32 @@ import pytest
 from recsys_kedro.mds import write_mds
 from recsys_kedro.mds.block_writer import write_mds_blocks
 from recsys_kedro.models.two_tower import model_from_checkpoint
-from recsys_kedro.pipelines.shared.training.nodes import (
-    plot_training_curves,
-    run_fingerprint,
-    train_model,
-)
+from recsys_kedro.pipelines.shared.training.nodes import plot_training_curves, train_model
 from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
 from recsys_kedro.training.checkpointing import complete_checkpoints
+from recsys_kedro.training.run import TrainSettings, run_fingerprint
 from recsys_kedro.training.specs import spec_from_dict
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
 MODEL = {"embedding_dim": 8, "layer_sizes": [16, 8], "normalize": True}
 
 
-def _params(tmp_path, **overrides):
-    params = {
+def _launch(tmp_path, **overrides):
+    launch = {
         "num_processes": 2,
         "local_mode": True,
         "use_gpu": False,
+        "staging_dir": str(tmp_path / "staging"),
+        "cache_dir": None,
+        "progress": False,
+        "checkpoints": None,
+    }
+    launch.update(overrides)
+    return launch
+
+
+def _params(tmp_path, **overrides):
+    params = {
         "loss": "softmax",
         "temperature": 0.1,
         "drop_last": True,
@@ -37,9 +45,6 @@ def _params(tmp_path, **overrides):
         "embedding_lr": 0.1,
         "dense_lr": 0.01,
         "seed": 1,
-        "checkpoint_dir": str(tmp_path / "staging"),
-        "cache_dir": None,
-        "progress": False,
     }
     params.update(overrides)
     return params
@@ -62,7 +67,7 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
     params = _params(tmp_path)
     spec = two_tower_spec(stats, popularity, MODEL, params)
     assert spec_from_dict(spec).model.num_items == 12  # plain values that round-trip
-    checkpoint, history, summary = train_model(train, val, spec, params)
+    checkpoint, history, summary = train_model(train, val, spec, params, _launch(tmp_path))
     model = model_from_checkpoint(checkpoint)
     assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
     assert [m["step"] for m in history["train_loss"]] == [1, 2]
@@ -92,38 +97,48 @@ def test_train_model_checkpoints_per_run_fingerprint_and_a_rerun_resumes(spark, 
     val = write_mds_blocks(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "v"), **blocks)
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
     keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
-    params = _params(tmp_path, checkpoint=keep)
+    params, launch = _params(tmp_path), _launch(tmp_path, checkpoints=keep)
     spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, MODEL, params)
     root = tmp_path / "checkpoints"
 
-    _, _, first = train_model(train, val, spec, params, str(root))
+    _, _, first = train_model(train, val, spec, params, launch, str(root))
     run_dir = root / first["run_fingerprint"]
     assert first["resumed_from_step"] is None and first["checkpoints_saved"] > 2
     assert 1 <= len(complete_checkpoints(str(run_dir))) <= 2  # keep_last=1 (+ the best epoch's)
     # The same model, settings and data: the re-run continues after the last checkpoint (the
     # end of the last epoch), so nothing is trained again and the result is the same.
-    _, _, again = train_model(train, val, spec, params, str(root))
+    _, _, again = train_model(train, val, spec, params, launch, str(root))
     assert again["resumed_from_step"] == first["steps"] and again["steps"] == first["steps"]
     assert again["history"] == first["history"] and again["best_epoch"] == first["best_epoch"]
     # By default the checkpoints go once the model is saved.
-    train_model(
-        train,
-        val,
-        spec,
-        _params(tmp_path, checkpoint=dict(keep, keep_after_success=False)),
-        str(root),
-    )
+    launch = _launch(tmp_path, checkpoints=dict(keep, keep_after_success=False))
+    train_model(train, val, spec, params, launch, str(root))
     assert not run_dir.exists()
 
 
 def test_run_fingerprint_follows_what_is_computed_not_how_it_is_launched(tmp_path):
     spec = {"kind": "two_tower", "spec": {"name": "two_tower"}}
-    params = _params(tmp_path)
-    base = run_fingerprint(spec, params)
-    assert run_fingerprint(spec, dict(params, progress=True, local_mode=False)) == base
-    assert run_fingerprint(spec, dict(params, timeout_s=5, checkpoint={"keep_last": 9})) == base
-    assert run_fingerprint(spec, dict(params, embedding_lr=0.2)) != base
-    assert run_fingerprint({"kind": "two_tower", "spec": {"name": "x"}}, params) != base
+    params, launch = _params(tmp_path), _launch(tmp_path)
+
+    def fingerprint(spec=spec, params=params, **launch_overrides):
+        return run_fingerprint(
+            spec, TrainSettings.from_params(params, {**launch, **launch_overrides})
+        )
+
+    base = fingerprint()
+    assert fingerprint(progress=True, local_mode=False, staging_dir="elsewhere") == base
+    assert fingerprint(timeout_s=5, checkpoints={"keep_last": 9}) == base
+    assert fingerprint(params=dict(params, embedding_lr=0.2)) != base
+    assert fingerprint(num_processes=4) != base  # batches are per rank
+    assert fingerprint(spec={"kind": "two_tower", "spec": {"name": "x"}}) != base
+
+
+def test_settings_name_an_unknown_launch_key_and_a_missing_training_one(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['num_process'\]"):
+        TrainSettings.from_params(_params(tmp_path), _launch(tmp_path, num_process=4))
+    params = {k: v for k, v in _params(tmp_path).items() if k != "batch_size"}
+    with pytest.raises(ValueError, match=r"missing training setting\(s\) \['batch_size'\]"):
+        TrainSettings.from_params(params, _launch(tmp_path))
 
 
 def test_two_tower_spec_rejects_a_popularity_table_of_another_index(tmp_path):
@@ -136,7 +151,7 @@ def test_train_model_names_the_parameter_and_its_file(tmp_path):
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [1] * 12})
     spec = two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
     with pytest.raises(ValueError, match=r"epochs must be >= 1.*parameters_two_tower\.yml"):
-        train_model(None, None, spec, _params(tmp_path, epochs=0))
+        train_model(None, None, spec, _params(tmp_path, epochs=0), _launch(tmp_path))
 
 
 def test_two_tower_spec_takes_log_q_counts_from_the_chosen_column(tmp_path):

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.mds import MDSFolder
 from recsys_kedro.reporting import mlflow_metric_name
-from recsys_kedro.training.run import TrainingFailed, TrainSettings, train
+from recsys_kedro.training.run import SettingsError, TrainingFailed, TrainSettings, train
 from recsys_kedro.training.specs import spec_from_dict
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,9 @@ def train_model(
     spec = spec_from_dict(model_spec)
     try:
         settings = TrainSettings.from_params(training_params, launch_params)
-    except (KeyError, TypeError, ValueError) as exc:
+        result = train(spec, model_spec, train_mds, validation_mds, settings, training_checkpoints)
+    except SettingsError as exc:
         raise ValueError(f"{exc}: set it in {_conf_hint(spec.name)}") from exc
-    try:
-        result = train(
-            spec, model_spec, train_mds, validation_mds, settings, training_checkpoints
-        )
     except TrainingFailed as exc:
         resumes = (
             f" It continues from the last complete checkpoint in {exc.resumes_from}."
