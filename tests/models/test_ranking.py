@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_kedro.models.checkpoint import CheckpointError, save_checkpoint
+from recsys_kedro.models.model_file import ModelFileError, save_model_file
 from recsys_kedro.models.ranking import (
     ARCHITECTURES,
     CHECKPOINT_FORMAT,
@@ -18,13 +18,13 @@ from recsys_kedro.models.ranking import (
     RankingTrainTask,
     build_ranking_model,
     load_ranking_model,
-    make_checkpoint,
     make_embedding_bag_collection,
-    model_from_checkpoint,
+    make_model_file,
+    model_from_file,
     predict_proba,
 )
 from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower
-from recsys_kedro.models.two_tower import make_checkpoint as two_tower_checkpoint
+from recsys_kedro.models.two_tower import make_model_file as two_tower_checkpoint
 
 BASE = dict(
     dense_features=("d0", "d1", "d2"),
@@ -229,11 +229,11 @@ def test_checkpoint_round_trip_gives_identical_predictions(config, tmp_path):
     with torch.no_grad():  # move every weight away from its initial value
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.1)
-    checkpoint = make_checkpoint(config, model.state_dict())
+    checkpoint = make_model_file(config, model.state_dict())
     assert checkpoint["format"] == CHECKPOINT_FORMAT
     assert checkpoint["config"] == dataclasses.asdict(config)
     path = str(tmp_path / "models" / "ranking.pt")
-    save_checkpoint(checkpoint, path)
+    save_model_file(checkpoint, path)
 
     loaded = load_ranking_model(path)
     assert isinstance(loaded, RankingModel) and not loaded.training
@@ -246,15 +246,15 @@ def test_checkpoint_round_trip_gives_identical_predictions(config, tmp_path):
 def test_foreign_or_incomplete_checkpoints_are_refused(tmp_path):
     two_tower = TwoTowerConfig(num_users=3, num_items=4, embedding_dim=4, layer_sizes=(4,))
     path = str(tmp_path / "two_tower.pt")
-    save_checkpoint(two_tower_checkpoint(two_tower, build_two_tower(two_tower).state_dict()), path)
-    with pytest.raises(CheckpointError, match="expected a 'recsys_kedro.ranking/v1' checkpoint"):
+    save_model_file(two_tower_checkpoint(two_tower, build_two_tower(two_tower).state_dict()), path)
+    with pytest.raises(ModelFileError, match="expected a 'recsys_kedro.ranking/v1' model file"):
         load_ranking_model(path)
 
     config = make_config()
     state = build(config).state_dict()
     state.pop("model.over_arch.model.1.bias")
     with pytest.raises(RuntimeError, match="Missing key"):
-        model_from_checkpoint(make_checkpoint(config, state))
+        model_from_file(make_model_file(config, state))
 
 
 def test_a_standardising_model_scores_raw_features_as_the_plain_model_scores_standard_ones(
@@ -273,7 +273,7 @@ def test_a_standardising_model_scores_raw_features_as_the_plain_model_scores_sta
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert not np.allclose(got, predict_proba(plain, config.layout.to_batch(columns)))
     path = tmp_path / "scaled.pt"
-    torch.save(make_checkpoint(scaled_config, scaled.state_dict()), path)
+    torch.save(make_model_file(scaled_config, scaled.state_dict()), path)
     restored = load_ranking_model(str(path))
     assert restored.config.dense_mean == mean
     np.testing.assert_allclose(

@@ -17,8 +17,8 @@ from recsys_kedro.models.two_tower import (
     item_log_q_from_counts,
     load_two_tower,
     make_batch,
-    make_checkpoint,
-    model_from_checkpoint,
+    make_model_file,
+    model_from_file,
     negative_features,
 )
 
@@ -170,7 +170,7 @@ def test_sampled_features_are_seeded_draws_in_range():
 def test_a_checkpoint_trained_with_negatives_loads_without_them():
     names = negative_features(2)
     trained = build_two_tower(CONFIG, device="cpu", negatives=names)
-    restored = model_from_checkpoint(make_checkpoint(CONFIG, trained.state_dict()))
+    restored = model_from_file(make_model_file(CONFIG, trained.state_dict()))
     assert restored.negative_features == ()
     ids = torch.arange(CONFIG.num_items)
     torch.testing.assert_close(restored.encode_items(ids), trained.encode_items(ids))
@@ -214,7 +214,7 @@ def test_training_steps_reduce_the_loss(model):
 
 def test_checkpoint_round_trip_in_a_fresh_process(model, tmp_path):
     path = tmp_path / "model.pt"
-    torch.save(make_checkpoint(CONFIG, model.state_dict()), path)
+    torch.save(make_model_file(CONFIG, model.state_dict()), path)
     users = torch.tensor([0, 3, 6])
     expected = model.encode_users(users)
     torch.testing.assert_close(load_two_tower(str(path)).encode_users(users), expected)
@@ -231,6 +231,6 @@ def test_checkpoint_round_trip_in_a_fresh_process(model, tmp_path):
     )
 
 
-def test_model_from_checkpoint_rejects_foreign_dicts():
-    with pytest.raises(ValueError, match="expected a 'recsys_kedro.two_tower/v1' checkpoint"):
-        model_from_checkpoint({"state_dict": {}})
+def test_model_from_file_rejects_foreign_dicts():
+    with pytest.raises(ValueError, match="expected a 'recsys_kedro.two_tower/v1' model file"):
+        model_from_file({"state_dict": {}})

@@ -9,8 +9,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from recsys_kedro.hooks import SparkHooks
 from recsys_kedro.models.ranking import (
     build_ranking_model,
-    make_checkpoint,
-    model_from_checkpoint,
+    make_model_file,
+    model_from_file,
     score_frame,
 )
 from recsys_kedro.pipelines.dlrm import create_pipeline
@@ -107,7 +107,7 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     _, train, validation, test = splits
     config = spec_from_dict(dlrm_spec(DATA, MODEL)).model
     model = build_ranking_model(config, device="cpu")
-    checkpoint = make_checkpoint(config, model.state_dict())
+    checkpoint = make_model_file(config, model.state_dict())
     train_pd, val_pd, test_pd = (s.toPandas() for s in (train, validation, test))
     summary = {
         "train_samples_per_s": 10.0,
@@ -133,6 +133,6 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     # counts and settings are run tags, not one-point metric charts
     assert tags["architecture"] == "dlrm" and tags["n_train"] == len(train_pd)
     assert not {"test_n_train", "test_best_epoch", "test_world_size"} & set(mlflow_metrics)
-    probabilities = score_frame(model_from_checkpoint(checkpoint), test_pd.iloc[:10])
+    probabilities = score_frame(model_from_file(checkpoint), test_pd.iloc[:10])
     assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
     assert len(figure.axes) == 2  # AUC against the oracle line, losses

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
-from recsys_kedro.models.ranking import build_ranking_model, make_checkpoint
+from recsys_kedro.models.ranking import build_ranking_model, make_model_file
 from recsys_kedro.pipelines.recommend import create_pipeline
 from recsys_kedro.pipelines.recommend.nodes import (
     DENSE_FEATURES,
@@ -179,7 +179,7 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
     holdout = _with_features(candidates[candidates["list"] == "holdout"], 7)
     serve = _with_features(candidates[candidates["list"] == "serve"], 6)
     config = spec_from_dict(ranker_spec(_summary(), fit, MODEL, TRAINING)).model
-    model = make_checkpoint(config, build_ranking_model(config).state_dict())
+    model = make_model_file(config, build_ranking_model(config).state_dict())
     user_index = pd.DataFrame(
         {"user_idx": range(N_USERS), "user_id": [f"u{u}" for u in range(N_USERS)]}
     )
@@ -188,7 +188,7 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
     )
     summary = {"best_epoch": 1, "epochs": 1, "world_size": 2}
     params = {"ks": [5, 20], "top_k": 3, "seed": 0}
-    other = make_checkpoint(config, build_ranking_model(config).state_dict())
+    other = make_model_file(config, build_ranking_model(config).state_dict())
     top, metrics, mlflow_metrics, tags, figure = rerank_and_evaluate(
         model,
         other,
@@ -287,7 +287,7 @@ def test_package_recommender_serves_from_the_run_tables(data, lists):
     config = spec_from_dict(
         ranker_spec(_summary(), lists[0][lists[0]["list"] == "fit"], MODEL, TRAINING)
     ).model
-    model = make_checkpoint(config, build_ranking_model(config).state_dict())
+    model = make_model_file(config, build_ranking_model(config).state_dict())
     user_profiles = pd.DataFrame({"user_idx": range(N_USERS)})
     for c in ("age_bucket", "gender", "occupation", "zip_prefix"):
         user_profiles[c] = rng.integers(0, 5, N_USERS)

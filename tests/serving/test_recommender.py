@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_kedro.models.ranking import RankingConfig, build_ranking_model, make_checkpoint
+from recsys_kedro.models.ranking import RankingConfig, build_ranking_model, make_model_file
 from recsys_kedro.retrieval import IndexConfig, build_index, serialize_index
 from recsys_kedro.serving.recommender import FunnelRecommender
 
@@ -65,7 +65,7 @@ def _inputs() -> dict:
         item_ids=np.array([f"i{i}" for i in range(N_ITEMS)]),
         user_embeddings=users,
         index_bytes=serialize_index(build_index(items, IndexConfig())),
-        ranker=make_checkpoint(config, build_ranking_model(config).state_dict()),
+        ranker=make_model_file(config, build_ranking_model(config).state_dict()),
         user_features=user_features,
         item_features=item_features,
         seen_users=np.array([0, 0, 0]),

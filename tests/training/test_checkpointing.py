@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_kedro.models.checkpoint import load_checkpoint as load_model_checkpoint
+from recsys_kedro.models.model_file import load_model_file
 from recsys_kedro.training.checkpointing import (
     COMPLETE,
     CheckpointPolicy,
@@ -80,8 +80,8 @@ class RecordingSpec(RankingSpec):
         task = super().build_task(device)
         return _Recorder(task, self.record_dir, self.fail_rank, self.fail_at, self.fail_how)
 
-    def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return super().checkpoint({k.removeprefix("task."): v for k, v in state_dict.items()})
+    def model_file(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return super().model_file({k.removeprefix("task."): v for k, v in state_dict.items()})
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +257,8 @@ def test_a_killed_rank_resumes_from_the_last_complete_checkpoint_row_for_row(
     for key, values in expected["history"].items():
         if key != "train_samples_per_s":
             np.testing.assert_allclose(resumed["history"][key], values, rtol=1e-5, atol=1e-6)
-    ours = load_model_checkpoint(resumed["model_path"])["state_dict"]
-    theirs = load_model_checkpoint(expected["model_path"])["state_dict"]
+    ours = load_model_file(resumed["model_path"])["state_dict"]
+    theirs = load_model_file(expected["model_path"])["state_dict"]
     for key, value in theirs.items():
         torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6)
 

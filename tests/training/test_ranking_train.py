@@ -27,7 +27,7 @@ from recsys_kedro.models.ranking import (
     RankingTrainTask,
     build_ranking_model,
     load_ranking_model,
-    model_from_checkpoint,
+    model_from_file,
     predict_proba,
 )
 from recsys_kedro.training.config import ModelSpec, TrainConfig
@@ -184,9 +184,9 @@ def test_spec_builds_meta_tables_and_checkpoints_the_model_weights():
     # The checkpoint of a (gathered) train task state dict loads strictly as a RankingModel.
     torch.manual_seed(0)
     full = RankingTrainTask(build_ranking_model(spec.model, device="cpu"))
-    checkpoint = spec.checkpoint(full.state_dict())
+    checkpoint = spec.model_file(full.state_dict())
     assert all(not k.startswith("model.model.") for k in checkpoint["state_dict"])
-    model = model_from_checkpoint(checkpoint)
+    model = model_from_file(checkpoint)
     columns = _to_columns(_rows(50, seed=9))
     batch = spec.layout.to_batch(columns)
     _, (_, logits, _) = full.eval()(batch)

@@ -8,7 +8,7 @@ import torch
 from streaming import MDSWriter
 
 from recsys_kedro.mds import MDSFolder
-from recsys_kedro.models.checkpoint import load_checkpoint
+from recsys_kedro.models.model_file import load_model_file
 from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, load_two_tower
 from recsys_kedro.training.config import TrainConfig
 from recsys_kedro.training.two_tower import RetrievalValidator, TwoTowerSpec
@@ -102,7 +102,7 @@ def test_each_epoch_is_judged_by_validation_retrieval_metrics(two_rank_run):
 def test_the_kept_weights_are_the_best_epochs(two_rank_run, mds_folders):
     """Re-scoring the saved checkpoint reproduces the kept epoch's validation NDCG."""
     (spec, _), (r0, _) = two_rank_run
-    checkpoint = load_checkpoint(r0["model_path"])
+    checkpoint = load_model_file(r0["model_path"])
     state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
     metrics = RetrievalValidator.from_folders(spec, *mds_folders)(state)
     kept = r0["history"]["val_ndcg@10"][r0["best_epoch"] - 1]
@@ -119,7 +119,7 @@ def test_a_worse_last_epoch_is_not_kept(mds_folders, tmp_path):
     ndcg = r0["history"]["val_ndcg@10"]
     assert r0["best_epoch"] == int(np.argmax(ndcg)) + 1
     assert r0["best_epoch"] < r0["epochs"], f"the scenario needs a worse last epoch: {ndcg}"
-    checkpoint = load_checkpoint(r0["model_path"])
+    checkpoint = load_model_file(r0["model_path"])
     state = {f"two_tower.{k}": v for k, v in checkpoint["state_dict"].items()}
     rescored = RetrievalValidator.from_folders(spec, *mds_folders)(state)["val_ndcg@10"]
     assert rescored == pytest.approx(max(ndcg), abs=1e-6)

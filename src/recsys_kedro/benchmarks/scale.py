@@ -270,7 +270,7 @@ def stage_train(
 ) -> dict[str, Any]:
     import pandas as pd
 
-    from recsys_kedro.models.checkpoint import save_checkpoint
+    from recsys_kedro.models.model_file import save_model_file
     from recsys_kedro.training.run import TrainSettings, train
     from recsys_kedro.training.specs import spec_to_dict
     from recsys_kedro.training.two_tower import two_tower_spec_from_params
@@ -280,7 +280,7 @@ def stage_train(
     del popularity
     settings = TrainSettings.from_params(params["training"], params["launch"])
     result = train(spec, spec_to_dict(spec), folders["train"], folders["validation"], settings)
-    save_checkpoint(result.model, str(paths.model))  # the catalog's TorchCheckpointDataset
+    save_model_file(result.model, str(paths.model))  # the catalog's TorchModelDataset
     summary = result.summary
     del result, spec
     keys = ("n_train_rows_seen", "train_samples_per_s", "world_size", "global_batch_size")
@@ -366,8 +366,8 @@ def stage_evaluate(
     from pyspark.sql import functions as F
 
     from recsys_kedro.evaluation.retrieval import auc
-    from recsys_kedro.models.checkpoint import load_checkpoint
-    from recsys_kedro.models.two_tower import model_from_checkpoint
+    from recsys_kedro.models.model_file import load_model_file
+    from recsys_kedro.models.two_tower import model_from_file
 
     evaluation = params["evaluation"]
     ks = [int(k) for k in evaluation["ks"]]
@@ -391,7 +391,7 @@ def stage_evaluate(
     def local(values: pd.Series) -> np.ndarray:  # user index -> row of the sample
         return np.searchsorted(users, values.to_numpy(np.int64))
 
-    model = model_from_checkpoint(load_checkpoint(str(paths.model)))
+    model = model_from_file(load_model_file(str(paths.model)))
     with torch.no_grad():
         user_emb = model.encode_users(torch.as_tensor(users)).numpy()
         item_emb = torch.cat(

@@ -26,8 +26,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_kedro.models.batch import Batch, BatchLayout
-from recsys_kedro.models.checkpoint import check_format, load_checkpoint
-from recsys_kedro.models.checkpoint import make_checkpoint as _make_checkpoint
+from recsys_kedro.models.model_file import check_format, load_model_file
+from recsys_kedro.models.model_file import make_model_file as _make_model_file
 
 ARCHITECTURES = ("dlrm", "dlrm_dcn", "deepfm")
 POOLINGS = ("sum", "mean")
@@ -433,14 +433,14 @@ def score_frame(model: RankingModel, frame: Any, chunk_rows: int = 65536) -> np.
 # --- checkpoints -----------------------------------------------------------------------------
 
 
-def make_checkpoint(config: RankingConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+def make_model_file(config: RankingConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The saved form of a model: its config and its full (unsharded) state dict, whose keys
     are those of :class:`RankingModel`."""
-    return _make_checkpoint(CHECKPOINT_FORMAT, dataclasses.asdict(config), state_dict)
+    return _make_model_file(CHECKPOINT_FORMAT, dataclasses.asdict(config), state_dict)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> RankingModel:
-    """Rebuild an eval-mode CPU :class:`RankingModel` from :func:`make_checkpoint`'s dict."""
+def model_from_file(checkpoint: dict[str, Any]) -> RankingModel:
+    """Rebuild an eval-mode CPU :class:`RankingModel` from :func:`make_model_file`'s dict."""
     check_format(checkpoint, CHECKPOINT_FORMAT)
     model = build_ranking_model(RankingConfig(**checkpoint["config"]), device="cpu")
     model.load_state_dict(checkpoint["state_dict"], strict=True)
@@ -456,4 +456,4 @@ def load_ranking_model(path: str) -> RankingModel:
         model = load_ranking_model("data/06_models/ranking.pt")
         probabilities = predict_proba(model, model.config.layout.to_batch(columns))
     """
-    return model_from_checkpoint(load_checkpoint(path))
+    return model_from_file(load_model_file(path))

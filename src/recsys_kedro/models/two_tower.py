@@ -19,8 +19,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_kedro.models.batch import Batch, BatchLayout
-from recsys_kedro.models.checkpoint import check_format, load_checkpoint
-from recsys_kedro.models.checkpoint import make_checkpoint as _make_checkpoint
+from recsys_kedro.models.model_file import check_format, load_model_file
+from recsys_kedro.models.model_file import make_model_file as _make_model_file
 
 USER_FEATURE = "user_idx"
 ITEM_FEATURE = "item_idx"
@@ -319,13 +319,13 @@ def build_two_tower(
     )
 
 
-def make_checkpoint(config: TwoTowerConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+def make_model_file(config: TwoTowerConfig, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The saved form of a model: its config and its (full, unsharded) state dict."""
-    return _make_checkpoint(CHECKPOINT_FORMAT, dataclasses.asdict(config), state_dict)
+    return _make_model_file(CHECKPOINT_FORMAT, dataclasses.asdict(config), state_dict)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> TwoTower:
-    """Rebuild an eval-mode :class:`TwoTower` from :func:`make_checkpoint`'s dictionary."""
+def model_from_file(checkpoint: dict[str, Any]) -> TwoTower:
+    """Rebuild an eval-mode :class:`TwoTower` from :func:`make_model_file`'s dictionary."""
     check_format(checkpoint, CHECKPOINT_FORMAT)
     model = build_two_tower(TwoTowerConfig(**checkpoint["config"]), device="cpu")
     model.load_state_dict(checkpoint["state_dict"], strict=True)
@@ -341,4 +341,4 @@ def load_two_tower(path: str) -> TwoTower:
         model = load_two_tower("data/06_models/two_tower.pt")
         users = model.encode_users(torch.tensor([0, 1]))  # (2, D)
     """
-    return model_from_checkpoint(load_checkpoint(path))
+    return model_from_file(load_model_file(path))

@@ -150,12 +150,12 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
 
     def _load(self) -> dict[str, Any]:
         if self._loaded is None:
-            from recsys_kedro.models.ranking import model_from_checkpoint
+            from recsys_kedro.models.ranking import model_from_file
             from recsys_kedro.retrieval import deserialize_index
 
             self._loaded = {
                 "index": deserialize_index(self.index_bytes),
-                "ranker": model_from_checkpoint(self.ranker_checkpoint),
+                "ranker": model_from_file(self.ranker_checkpoint),
                 "user_index": {u: i for i, u in enumerate(self.user_ids)},
             }
         return self._loaded

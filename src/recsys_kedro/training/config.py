@@ -44,7 +44,7 @@ class ModelSpec(Protocol):
         ``forward(batch) -> (loss (), (loss detached (), logits (B,), labels (B,)))``."""
         ...
 
-    def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_file(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The model file's content (config + weights), from the task's full (gathered)
         state dict."""
         ...
@@ -61,7 +61,7 @@ def check_spec(spec: Any) -> None:
         missing = [
             name
             for name in ("name", "layout", "monitor", "monitor_mode", "report_val_loss")
-            + ("build_task", "checkpoint", "make_validator")
+            + ("build_task", "model_file", "make_validator")
             if not hasattr(spec, name)
         ]
         raise TypeError(f"{type(spec).__name__} is not a ModelSpec: it lacks {missing}")

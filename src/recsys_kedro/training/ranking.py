@@ -24,8 +24,8 @@ from recsys_kedro.models.ranking import (
     RankingConfig,
     RankingTrainTask,
     build_ranking_model,
-    make_checkpoint,
-    model_from_checkpoint,
+    make_model_file,
+    model_from_file,
     predict_proba,
 )
 
@@ -88,9 +88,9 @@ class RankingSpec:
             build_ranking_model(self.model, device=device, embedding_device="meta")
         )
 
-    def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_file(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         weights = {k[len(_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
-        return make_checkpoint(self.model, weights)
+        return make_model_file(self.model, weights)
 
     def make_validator(self, train: MDSFolder, validation: MDSFolder) -> ListValidator | None:
         """The per-epoch list metrics (rank 0), or ``None`` without ``list_ks``."""
@@ -163,7 +163,7 @@ class ListValidator:
             yield layout.to_batch(chunk)
 
     def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
-        model = model_from_checkpoint(self.spec.checkpoint(state_dict))
+        model = model_from_file(self.spec.model_file(state_dict))
         scores = np.concatenate([predict_proba(model, batch) for batch in self._chunks()])
         metrics = list_metrics(
             self.users,

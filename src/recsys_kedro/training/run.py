@@ -25,7 +25,7 @@ from typing import Any
 import fsspec
 
 from recsys_kedro.mds import MDSFolder
-from recsys_kedro.models.checkpoint import load_checkpoint
+from recsys_kedro.models.model_file import load_model_file
 from recsys_kedro.training.checkpointing import CheckpointPolicy
 from recsys_kedro.training.launch import launch, resolve_use_gpu
 from recsys_kedro.training.trainer import ModelSpec, TrainConfig, fit
@@ -292,7 +292,7 @@ def train(
             # Shared storage on a cluster (like the staged model): the ranks' outcomes.
             outcome_dir=staging_dir,
         )
-        model = load_checkpoint(config.model_path)
+        model = load_model_file(config.model_path)
     except RuntimeError as exc:
         resumes = policy.directory if policy is not None and policy.resume else None
         raise TrainingFailed(str(exc), resumes) from exc

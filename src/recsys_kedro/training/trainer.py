@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from recsys_kedro.models.checkpoint import save_checkpoint
+from recsys_kedro.models.model_file import save_model_file
 from recsys_kedro.quiet import silence_known_noise
 from recsys_kedro.training.config import (
     TRAIN_PIPELINES,
@@ -296,7 +296,7 @@ class _RankRun:
                 restore_local_state(self.model, self.best_snapshot)
         state = gather_full_state_dict(self.model, ctx)
         if ctx.is_main:
-            save_checkpoint(spec.checkpoint(state), config.model_path)
+            save_model_file(spec.model_file(state), config.model_path)
         result = {
             "history": self.history,
             "best_epoch": best_epoch,

@@ -27,8 +27,8 @@ from recsys_kedro.models.two_tower import (
     TwoTowerTrainTask,
     build_two_tower,
     item_log_q_from_counts,
-    make_checkpoint,
-    model_from_checkpoint,
+    make_model_file,
+    model_from_file,
     negative_features,
 )
 
@@ -126,9 +126,9 @@ class TwoTowerSpec:
             mask_same_user=self.mask_same_user,
         )
 
-    def checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def model_file(self, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         towers = {k[len(_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
-        return make_checkpoint(self.model, towers)
+        return make_model_file(self.model, towers)
 
     def make_validator(self, train: MDSFolder, validation: MDSFolder) -> RetrievalValidator:
         """Read the masks and the validation positives once (rank 0); see the class."""
@@ -212,7 +212,7 @@ class RetrievalValidator:
         )
 
     def __call__(self, state_dict: dict[str, torch.Tensor]) -> dict[str, float]:
-        model = model_from_checkpoint(self.spec.checkpoint(state_dict))
+        model = model_from_file(self.spec.model_file(state_dict))
         users = self.scored_users
         with torch.no_grad():
             # Only the users scored need a query embedding; the rest stay zero.

@@ -9,7 +9,7 @@ import pytest
 
 from recsys_kedro.mds import write_mds
 from recsys_kedro.mds.block_writer import write_mds_blocks
-from recsys_kedro.models.two_tower import model_from_checkpoint
+from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.pipelines.shared.training.nodes import plot_training_curves, train_model
 from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
 from recsys_kedro.training.checkpointing import complete_checkpoints
@@ -68,7 +68,7 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
     spec = two_tower_spec(stats, popularity, MODEL, params)
     assert spec_from_dict(spec).model.num_items == 12  # plain values that round-trip
     checkpoint, history, summary = train_model(train, val, spec, params, _launch(tmp_path))
-    model = model_from_checkpoint(checkpoint)
+    model = model_from_file(checkpoint)
     assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
     assert [m["step"] for m in history["train_loss"]] == [1, 2]
     # No validation loss (an in-batch softmax is not comparable across batch sizes); the

@@ -11,7 +11,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
 from recsys_kedro.models.als import ALSGrid
-from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, make_checkpoint
+from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, make_model_file
 from recsys_kedro.pipelines.two_tower.evaluation.nodes import (
     embed_users_and_items,
     evaluate_retrieval,
@@ -33,7 +33,7 @@ def test_embed_users_and_items_follows_the_index_and_the_model():
     model = build_two_tower(config)
     users = pd.DataFrame({"user_id": ["c", "a", "b"], "user_idx": [2, 0, 1]})
     items = pd.DataFrame({"item_id": list("wxyz"), "item_idx": [0, 1, 2, 3]})
-    u, i = embed_users_and_items(make_checkpoint(config, model.state_dict()), users, items)
+    u, i = embed_users_and_items(make_model_file(config, model.state_dict()), users, items)
     assert u["user_idx"].tolist() == [0, 1, 2] and u["user_id"].tolist() == ["a", "b", "c"]
     expected = model.eval().encode_users(torch.tensor([0, 1, 2])).numpy()
     np.testing.assert_allclose(np.stack(u["embedding"]), expected, rtol=1e-6)

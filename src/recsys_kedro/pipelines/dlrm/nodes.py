@@ -19,7 +19,7 @@ from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.evaluation.ranking import logistic_regression_scores, ranking_metrics
-from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, score_frame
+from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
 from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
@@ -146,7 +146,7 @@ def evaluate_ranking(
         metrics, its counts and settings for MLflow tags, and a plot of validation AUC per
         epoch against the oracle's validation AUC.
     """
-    ranker = model_from_checkpoint(model)
+    ranker = model_from_file(model)
     config = ranker.config
     p_model = score_frame(ranker, test)
     labels = test["label"].to_numpy()

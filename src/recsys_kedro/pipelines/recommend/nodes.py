@@ -34,7 +34,7 @@ from recsys_kedro.evaluation.retrieval import (
     full_catalogue_topk_metrics,
     popularity_score_fn,
 )
-from recsys_kedro.models.ranking import RankingConfig, model_from_checkpoint, score_frame
+from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
 from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.retrieval import IndexConfig, build_index, recall_vs_exact, search
 from recsys_kedro.retrieval.candidates import (
@@ -458,8 +458,8 @@ def rerank_and_evaluate(
     """
     ks = sorted({int(k) for k in params["ks"]})
     top_k = int(params["top_k"])
-    ranker = model_from_checkpoint(model)
-    rated_pairs_ranker = model_from_checkpoint(rated_pairs_model)
+    ranker = model_from_file(model)
+    rated_pairs_ranker = model_from_file(rated_pairs_model)
     serve = serve_lists.copy()
     serve["ranker_score"] = score_frame(ranker, serve)
     serve["rated_pairs_score"] = score_frame(rated_pairs_ranker, serve)

@@ -21,7 +21,7 @@ from recsys_kedro.evaluation.retrieval import (
     popularity_score_fn,
 )
 from recsys_kedro.models.als import ALSGrid, grid_search_als
-from recsys_kedro.models.two_tower import model_from_checkpoint
+from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def embed_users_and_items(
         ``user_idx, user_id, embedding`` and ``item_idx, item_id, embedding`` (one float32
         vector per row), in index order: what a vector index or a serving job loads.
     """
-    model = model_from_checkpoint(model_checkpoint)
+    model = model_from_file(model_checkpoint)
     out = []
     for index, idx_col, encode in (
         (user_index, "user_idx", model.encode_users),

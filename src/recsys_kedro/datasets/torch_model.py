@@ -1,4 +1,4 @@
-"""A Kedro dataset for the project's model checkpoints (:mod:`recsys_kedro.models.checkpoint`)."""
+"""A Kedro dataset for the project's trained model files (:mod:`recsys_kedro.models.model_file`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_protocol_and_path
 
-from recsys_kedro.models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from recsys_kedro.models.model_file import ModelFileError, read_model_file, save_model_file
 
 
-class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Saves and loads a model checkpoint (``{"format", "config", "state_dict"}``) via fsspec.
+class TorchModelDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """Saves and loads a trained model file (``{"format", "config", "state_dict"}``) via fsspec.
 
     Loading reads tensors and plain values only (``weights_only=True``): a file that carries
     anything else is refused instead of being unpickled.
@@ -22,7 +22,7 @@ class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     .. code-block:: yaml
 
         two_tower_model:
-          type: recsys_kedro.datasets.torch_checkpoint.TorchCheckpointDataset
+          type: recsys_kedro.datasets.torch_model.TorchModelDataset
           filepath: data/06_models/two_tower.pt
     """
 
@@ -37,12 +37,12 @@ class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     def load(self) -> dict[str, Any]:
         if not self._exists():
             raise DatasetError(
-                f"no checkpoint at {self._full}: run the pipeline's training stage first"
+                f"no model file at {self._full}: run the pipeline's training stage first"
             )
         with self._fs.open(str(self._filepath), "rb") as f:
             try:
-                return read_checkpoint(f)
-            except CheckpointError as exc:
+                return read_model_file(f)
+            except ModelFileError as exc:
                 raise DatasetError(f"{self._full}: {exc}") from exc
 
     def save(self, data: dict[str, Any]) -> None:
@@ -50,10 +50,10 @@ class TorchCheckpointDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if missing:
             # Refuse now what load() would refuse later.
             raise DatasetError(
-                f"{self._full}: not a checkpoint (missing {sorted(missing)}); save what "
-                "make_checkpoint returns"
+                f"{self._full}: not a model file (missing {sorted(missing)}); save what "
+                "make_model_file returns"
             )
-        save_checkpoint(data, self._full)
+        save_model_file(data, self._full)
 
     def _exists(self) -> bool:
         return self._fs.exists(str(self._filepath))

@@ -1,4 +1,4 @@
-"""TorchCheckpointDataset: round trip, and refusal of anything that is not a checkpoint."""
+"""TorchModelDataset: round trip, and refusal of anything that is not a model file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from kedro.io.core import DatasetError
 
-from recsys_kedro.datasets.torch_checkpoint import TorchCheckpointDataset
+from recsys_kedro.datasets.torch_model import TorchModelDataset
 
 
 class _Payload:
@@ -16,7 +16,7 @@ class _Payload:
 
 
 def test_round_trip(tmp_path):
-    ds = TorchCheckpointDataset(filepath=str(tmp_path / "models" / "m.pt"))
+    ds = TorchModelDataset(filepath=str(tmp_path / "models" / "m.pt"))
     assert not ds.exists()
     checkpoint = {"format": "x/1", "config": {"dim": 2}, "state_dict": {"w": torch.ones(2)}}
     ds.save(checkpoint)
@@ -25,8 +25,8 @@ def test_round_trip(tmp_path):
 
 
 def test_saving_something_else_is_refused(tmp_path):
-    ds = TorchCheckpointDataset(filepath=str(tmp_path / "m.pt"))
-    with pytest.raises(DatasetError, match=r"not a checkpoint \(missing \['format'\]\)"):
+    ds = TorchModelDataset(filepath=str(tmp_path / "m.pt"))
+    with pytest.raises(DatasetError, match=r"not a model file \(missing \['format'\]\)"):
         ds.save({"config": {}, "state_dict": {}})
     assert not ds.exists()  # nothing half-written
 
@@ -37,10 +37,10 @@ def test_a_file_carrying_code_is_not_unpickled(tmp_path):
         torch.save(
             {"format": "x/1", "config": _Payload(), "state_dict": {}}, f, pickle_module=pickle
         )
-    with pytest.raises(DatasetError, match="cannot read the checkpoint safely"):
-        TorchCheckpointDataset(filepath=str(path)).load()
+    with pytest.raises(DatasetError, match="cannot read the model file safely"):
+        TorchModelDataset(filepath=str(path)).load()
 
 
 def test_a_missing_file_names_the_fix(tmp_path):
     with pytest.raises(DatasetError, match="run the pipeline's training stage first"):
-        TorchCheckpointDataset(filepath=str(tmp_path / "none.pt")).load()
+        TorchModelDataset(filepath=str(tmp_path / "none.pt")).load()
