@@ -77,14 +77,14 @@ def test_ranker_rows_are_exported_list_by_list(pipeline_run):
     root = pipeline_run
     report = json.loads((root / "data/08_reporting/recommend_retrieval.json").read_text())
     assert report["serve_users"] == N_USERS and report["serve_rows"] == 15 * N_USERS
-    for split, lists in (("train", "fit"), ("validation", "holdout"), ("test", "serve")):
-        mds = str(root / "data/05_model_input/recommend/mds" / split)
-        assert count_block_rows(mds) == report[f"{lists}_rows"], split
+    for lists in ("fit", "holdout", "serve"):
+        mds = str(root / "data/05_model_input/recommend/mds" / f"{lists}_lists")
+        assert count_block_rows(mds) == report[f"{lists}_rows"], lists
     summary = json.loads((root / "data/04_feature/recommend/feature_summary.json").read_text())
     cards = summary["cardinalities"]
     assert cards["user_idx"] == N_USERS and cards["item_idx"] == N_ITEMS
     assert cards["genres"] == len(GENRES) + 1  # 0 = no genre
-    serve = pd.read_parquet(root / "data/05_model_input/recommend/splits/test")
+    serve = pd.read_parquet(root / "data/05_model_input/recommend/lists/serve")
     assert serve["genres"].map(len).min() >= 1  # a jagged feature never empty
 
 

@@ -256,8 +256,8 @@ def build_ranker_lists(
     user_stats: DataFrame,
     item_stats: DataFrame,
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """The ranker's rows, one per candidate, split into its train (fit lists), validation
-    (holdout lists) and test (serve lists) splits for the shared export stage."""
+    """The ranker's rows, one per candidate: the fit lists (it learns from them), the holdout
+    lists (they choose its epoch) and the serve lists (what it re-orders for every user)."""
     return _ranker_splits(candidates, user_profiles, item_profiles, user_stats, item_stats, LISTS)
 
 

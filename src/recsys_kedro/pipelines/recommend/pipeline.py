@@ -47,6 +47,28 @@ def _two_tower_stages() -> Pipeline:
     )
 
 
+#: The ranker's candidate lists (one row per candidate) and their MDS exports: fit lists
+#: train it, holdout lists choose its epoch, serve lists are what it re-orders for every user.
+_LISTS = {"train": "fit_lists", "validation": "holdout_lists", "test": "serve_lists"}
+
+
+def _lists_export() -> Pipeline:
+    """The shared export stage on the three kinds of lists."""
+    return Pipeline(
+        export.create_pipeline(),
+        inputs={f"{split}_split@spark": f"{lists}@spark" for split, lists in _LISTS.items()},
+        outputs={f"{split}_mds": f"{lists}_mds" for split, lists in _LISTS.items()},
+    )
+
+
+def _ranker_training() -> Pipeline:
+    """The shared training stage: fit lists to learn, holdout lists to choose the epoch."""
+    return Pipeline(
+        training.create_pipeline(),
+        inputs={"train_mds": "fit_lists_mds", "validation_mds": "holdout_lists_mds"},
+    )
+
+
 def _rated_pairs_ablation() -> Pipeline:
     """The same ranker trained pointwise on the logged rated pairs (namespace
     ``recommend.rated_pairs``; the ranker's own parameters): what the lists are for."""
@@ -185,7 +207,7 @@ def _create_pipeline() -> Pipeline:
                     "user_statistics@spark",
                     "item_statistics@spark",
                 ],
-                outputs=["train_split@spark", "validation_split@spark", "test_split@spark"],
+                outputs=["fit_lists@spark", "holdout_lists@spark", "serve_lists@spark"],
                 name="build_ranker_lists",
             ),
         ],
@@ -198,7 +220,7 @@ def _create_pipeline() -> Pipeline:
                 ranker_spec,
                 inputs=[
                     "feature_summary",
-                    "train_split@pandas",
+                    "fit_lists@pandas",
                     "params:model",
                     "params:training",
                 ],
@@ -216,9 +238,9 @@ def _create_pipeline() -> Pipeline:
                 inputs=[
                     "model",
                     "rated_pairs.model",
-                    "train_split@pandas",
-                    "validation_split@pandas",
-                    "test_split@pandas",
+                    "fit_lists@pandas",
+                    "holdout_lists@pandas",
+                    "serve_lists@pandas",
                     f"{TT}.train_split@pandas",
                     f"{TT}.validation_split@pandas",
                     f"{TT}.test_split@pandas",
@@ -269,9 +291,9 @@ def _create_pipeline() -> Pipeline:
     funnel = Pipeline(
         retrieval
         + features
-        + export.create_pipeline()
+        + _lists_export()
         + spec
-        + training.create_pipeline()
+        + _ranker_training()
         + _rated_pairs_ablation()
         + evaluation
         + serving,
