@@ -15,7 +15,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Generic, TypeVar
 
 import fsspec
@@ -140,8 +140,10 @@ def launch(
     distributor = TorchDistributor(
         num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu
     )
-    with tempfile.TemporaryDirectory(prefix="recsys-kedro-ranks-") as driver_tmp:
-        parent = outcome_dir or (driver_tmp if local_mode else None)
+    with ExitStack() as stack:
+        parent = outcome_dir
+        if parent is None and local_mode:  # the ranks run here: a driver folder will do
+            parent = stack.enter_context(tempfile.TemporaryDirectory(prefix="recsys-kedro-ranks-"))
         with _outcome_folder(parent) as outcomes:
             fn = train_fn if outcomes is None else _RankGuard(train_fn, outcomes)
             try:
