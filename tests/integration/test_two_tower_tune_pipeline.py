@@ -1,28 +1,34 @@
 """`kedro run --pipelines=two_tower_tune` on a tiny space (2 trials) through Kedro's runner:
-each trial trains through TorchDistributor (2 gloo processes); kedro-mlflow on SQLite."""
+each trial trains through TorchDistributor (2 gloo processes); kedro-mlflow on SQLite. The
+pipeline's data stages are checked by the two_tower tests (they are the same nodes); that the
+tune pipeline wires them is checked in tests/pipelines."""
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 
 import pytest
 import yaml
 
 from .conftest import make_project, run_project
-from .test_two_tower_pipeline import write_fixture_inter
+from .test_two_tower_pipeline import SMALL_RUN
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tune_run(tmp_path_factory, spark):
+def tune_run(tmp_path_factory, two_tower_project):
+    """The study on a copy of the session's two_tower project: `two_tower_tune` shares the
+    two_tower pipeline's ingestion, features and export stages (same namespace, same
+    datasets), which that run already executed with the same parameters, so only the tuning
+    node runs here."""
     root = make_project(tmp_path_factory.mktemp("tune"))
-    write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    shutil.copytree(two_tower_project[0] / "data", root / "data")
     runtime_params = {
         "two_tower": {
-            "features": {"split": {"test_size": 4, "validation_size": 2}},
-            "training": {"batch_size": 64, "eval_batch_size": 256},
-            "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
+            **copy.deepcopy(SMALL_RUN),
             "tune": {
                 "n_trials": 2,
                 "epochs": 1,
@@ -34,7 +40,12 @@ def tune_run(tmp_path_factory, spark):
             },
         }
     }
-    run_project(root, runtime_params, pipeline_name="two_tower_tune")
+    run_project(
+        root,
+        runtime_params,
+        pipeline_name="two_tower_tune",
+        node_names=["two_tower.tuning.tune_two_tower"],
+    )
     return root
 
 

@@ -196,11 +196,23 @@ def test_spec_builds_meta_tables_and_checkpoints_the_model_weights():
 # --------------------------------------------------------------------------- fit on 2 ranks
 
 
+def _train(architecture: str, data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"run_{architecture}")
+    spec = _spec(architecture)
+    return spec, _run(spec, _config(data, tmp), tmp / "out")
+
+
+@pytest.fixture(scope="module")
+def trained_dlrm(data, tmp_path_factory):
+    """DLRM with the plain loop: also the reference of the sparse-dist pipeline's test."""
+    return _train("dlrm", data, tmp_path_factory)
+
+
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def trained(request, data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"run_{request.param}")
-    spec = _spec(request.param)
-    return spec, _run(spec, _config(data, tmp), tmp / "out")
+    if request.param == "dlrm":
+        return request.getfixturevalue("trained_dlrm")
+    return _train(request.param, data, tmp_path_factory)
 
 
 def test_bayes_auc_of_the_planted_signal(data):
@@ -274,18 +286,16 @@ def test_early_stopping_when_validation_auc_cannot_improve(data, tmp_path):
     assert load_ranking_model(r0["model_path"]) is not None
 
 
-def test_sparse_dist_train_pipeline_on_cpu(data, tmp_path):
+def test_sparse_dist_train_pipeline_on_cpu(data, tmp_path, trained_dlrm):
     """TorchRec's TrainPipelineSparseDist drives the steps on CPU too, and trains exactly
     what the plain loop trains (same batches, same updates; only the overlap differs)."""
-    config = _config(data, tmp_path, epochs=2, train_pipeline="sparse_dist")
+    config = _config(data, tmp_path, train_pipeline="sparse_dist")
     r0, r1 = _run(_spec("dlrm"), config, tmp_path / "out")
     assert r0 == r1
-    assert r0["train_pipeline"] == "sparse_dist" and r0["epochs"] == 2
+    assert r0["train_pipeline"] == "sparse_dist" and r0["epochs"] == EPOCHS
     assert max(r0["history"]["val_auc"]) > 0.7, r0["history"]
-    plain_config = dataclasses.replace(
-        config, train_pipeline="plain", model_path=str(tmp_path / "plain.pt")
-    )
-    plain, _ = _run(_spec("dlrm"), plain_config, tmp_path / "plain")
+    _, (plain, _) = trained_dlrm  # the same config with the plain loop
+    assert plain["train_pipeline"] == "plain"
     for key in ("train_loss", "val_loss", "val_auc"):
         np.testing.assert_allclose(r0["history"][key], plain["history"][key], rtol=1e-5)
 

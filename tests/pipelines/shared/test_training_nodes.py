@@ -106,13 +106,14 @@ def test_train_model_checkpoints_per_run_fingerprint_and_a_rerun_resumes(spark, 
     assert first["resumed_from_step"] is None and first["checkpoints_saved"] > 2
     assert 1 <= len(complete_checkpoints(str(run_dir))) <= 2  # keep_last=1 (+ the best epoch's)
     # The same model, settings and data: the re-run continues after the last checkpoint (the
-    # end of the last epoch), so nothing is trained again and the result is the same.
+    # end of the last epoch), so nothing is trained again and the result is the same. It keeps
+    # the default (keep_after_success: false, not part of the fingerprint), so once its model
+    # is saved the checkpoints go.
+    launch = _launch(tmp_path, checkpoints=dict(keep, keep_after_success=False))
     _, _, again = train_model(train, val, spec, params, launch, str(root))
     assert again["resumed_from_step"] == first["steps"] and again["steps"] == first["steps"]
     assert again["history"] == first["history"] and again["best_epoch"] == first["best_epoch"]
-    # By default the checkpoints go once the model is saved.
-    launch = _launch(tmp_path, checkpoints=dict(keep, keep_after_success=False))
-    train_model(train, val, spec, params, launch, str(root))
+    assert again["run_fingerprint"] == first["run_fingerprint"]
     assert not run_dir.exists()
 
 
