@@ -1,14 +1,14 @@
 """notebooks/two_tower.ipynb runs headless against a small two_tower run, so it cannot rot.
 
-The pipeline runs once, in process, on a synthetic MovieLens-like project (as in
-tests/integration); the notebook is then executed by nbclient in a Jupyter kernel started
-from this interpreter (a kernelspec written to a temporary JUPYTER_PATH), with
-``RECSYS_KEDRO_PROJECT`` pointing it at the temporary project.
+The pipeline runs once per test session, in process, on a synthetic MovieLens-like project
+(tests/conftest.py's `two_tower_project`, which the two_tower integration checks read too);
+the notebook is then executed by nbclient in a Jupyter kernel started from this interpreter
+(a kernelspec written to a temporary JUPYTER_PATH), with ``RECSYS_KEDRO_PROJECT`` pointing it
+at the temporary project.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -17,11 +17,14 @@ import nbformat
 import pytest
 
 from tests.integration.conftest import PROJECT_ROOT
-from tests.integration.test_two_tower_pipeline import GENRES, N_ITEMS
+from tests.integration.test_two_tower_pipeline import GENRES
 
 pytestmark = pytest.mark.integration
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "two_tower.ipynb"
+REPORT = "NOTEBOOK_REPORT "
+
+
 @pytest.fixture(scope="module")
 def project(two_tower_project):
     """The session's one small two_tower run (2 epochs, ALS with a single grid point)."""
