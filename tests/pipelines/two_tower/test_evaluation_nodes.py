@@ -21,7 +21,7 @@ from recsys_kedro.pipelines.two_tower.evaluation.pipeline import create_pipeline
 from recsys_kedro.pipelines.two_tower.pipeline import create_pipeline as two_tower
 from recsys_kedro.settings import CONFIG_LOADER_ARGS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 PARAMS = {"ks": [1, 2, 5], "exclude_validation_items": True, "batch_size": 2}
 ALS_OFF = {"enabled": False}
