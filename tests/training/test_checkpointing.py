@@ -114,7 +114,9 @@ def _config(data, root: Path, **overrides) -> TrainConfig:
         seed=7,
         cache_dir=str(root / "cache"),
         progress=False,
-        checkpoints=CheckpointPolicy(str(root / "checkpoints"), every_n_steps=EVERY, keep_last=2),
+        checkpoints=CheckpointPolicy(
+            str(root / "checkpoints"), every_n_steps=EVERY, keep_last=2, keep_after_success=True
+        ),
         timeout_s=60,
     )
     kwargs.update(overrides)
