@@ -1,4 +1,5 @@
-"""Run a training function on N local gloo processes without Spark (what TorchDistributor does).
+"""Run a training function on N local gloo processes without Spark (what TorchDistributor does),
+each a fresh process forked from a server that imported the stack once.
 
 Each child gets the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT), calls ``fn(config)`` and pickles its return value to a file.
@@ -36,15 +37,22 @@ def _child(rank: int, world_size: int, port: int, fn: Callable, config: Any, out
         pickle.dump(result, f)
 
 
+#: Imported once by the fork server; every rank is a fresh process forked from it, so a
+#: launch does not pay for importing torch, TorchRec and Mosaic again (about 5 s a launch on
+#: two cores). Nothing here starts a thread or touches a device, which makes the fork safe.
+PRELOAD = ["torch", "torchrec", "streaming", "recsys_kedro.training.trainer", __name__]
+
+
 def run_on_ranks(fn: Callable, config: Any, world_size: int, out_dir: Path) -> list[Any]:
     """Return every rank's result, in rank order; a crashed rank raises ProcessRaisedException."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    mp.set_forkserver_preload(PRELOAD)
     mp.start_processes(
         _child,
         args=(world_size, _free_port(), fn, config, str(out_dir)),
         nprocs=world_size,
         join=True,
-        start_method="spawn",
+        start_method="forkserver",
     )
     results = []
     for rank in range(world_size):
