@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_kedro.mds import write_mds
 from recsys_kedro.mds.block_writer import write_mds_blocks
 from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.pipelines.shared.training.nodes import plot_training_curves, train_model
@@ -56,19 +55,23 @@ def _split(spark, rng, n, n_users, n_items):
     return spark.createDataFrame(rows, "user_idx long, item_idx long, label int, rating float")
 
 
-def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path):
+def test_train_model_node_outputs_checkpoints_and_a_rerun_that_resumes(spark, tmp_path):
+    """One node run through TorchDistributor (2 local ranks), then the same node again: its
+    outputs, its checkpoints per run fingerprint, and a re-run that resumes. (The row layout's
+    training path is covered in tests/training/test_two_tower_train.py.)"""
     rng = np.random.default_rng(0)
-    train = write_mds(
-        _split(spark, rng, 600, 10, 12), path=str(tmp_path / "train"), columns=COLUMNS
-    )
-    val = write_mds(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "val"), columns=COLUMNS)
-    stats = {"n_users": 10, "n_items": 12}
+    blocks = dict(columns=COLUMNS, block_rows=64)
+    train = write_mds_blocks(_split(spark, rng, 600, 10, 12), path=str(tmp_path / "t"), **blocks)
+    val = write_mds_blocks(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "v"), **blocks)
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
-    params = _params(tmp_path)
-    spec = two_tower_spec(stats, popularity, MODEL, params)
+    keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
+    params, launch = _params(tmp_path), _launch(tmp_path, checkpoints=keep)
+    spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, MODEL, params)
     assert spec_from_dict(spec).model.num_items == 12  # plain values that round-trip
-    checkpoint, history, summary = train_model(train, val, spec, params, _launch(tmp_path))
-    model = model_from_file(checkpoint)
+    root = tmp_path / "checkpoints"
+
+    model_file, history, first = train_model(train, val, spec, params, launch, str(root))
+    model = model_from_file(model_file)
     assert model.ebc.embedding_bags["t_item"].weight.shape == (12, 8)
     assert [m["step"] for m in history["train_loss"]] == [1, 2]
     # No validation loss (an in-batch softmax is not comparable across batch sizes); the
@@ -80,28 +83,15 @@ def test_train_model_node_returns_checkpoint_history_and_summary(spark, tmp_path
         "val_recall_at_10",
         "val_ndcg_at_10",
     }
-    assert summary["world_size"] == 2 and summary["train_samples_per_s"] > 0
-    ndcg = summary["history"]["val_ndcg@10"]
-    assert summary["monitor"] == "val_ndcg@10"
-    assert summary["best_epoch"] == int(np.argmax(ndcg)) + 1  # the best validation epoch
-    assert "model_path" not in summary
-    assert not list((tmp_path / "staging").glob("*.pt"))  # staging copy removed
-    figure = plot_training_curves(summary)
+    assert first["world_size"] == 2 and first["train_samples_per_s"] > 0
+    ndcg = first["history"]["val_ndcg@10"]
+    assert first["monitor"] == "val_ndcg@10"
+    assert first["best_epoch"] == int(np.argmax(ndcg)) + 1  # the best validation epoch
+    assert "model_path" not in first
+    assert not list((tmp_path / "staging").glob("*.pt"))  # the staged model file is removed
+    figure = plot_training_curves(first)
     assert len(figure.axes) == 4  # loss, AUC, recall@10, ndcg@10
 
-
-def test_train_model_checkpoints_per_run_fingerprint_and_a_rerun_resumes(spark, tmp_path):
-    rng = np.random.default_rng(0)
-    blocks = dict(columns=COLUMNS, block_rows=64)
-    train = write_mds_blocks(_split(spark, rng, 600, 10, 12), path=str(tmp_path / "t"), **blocks)
-    val = write_mds_blocks(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "v"), **blocks)
-    popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
-    keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
-    params, launch = _params(tmp_path), _launch(tmp_path, checkpoints=keep)
-    spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, MODEL, params)
-    root = tmp_path / "checkpoints"
-
-    _, _, first = train_model(train, val, spec, params, launch, str(root))
     run_dir = root / first["run_fingerprint"]
     assert first["resumed_from_step"] is None and first["checkpoints_saved"] > 2
     assert 1 <= len(complete_checkpoints(str(run_dir))) <= 2  # keep_last=1 (+ the best epoch's)
