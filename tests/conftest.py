@@ -19,9 +19,6 @@ TEST_SPARK_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
-    # The tests run many tiny jobs: the JVM's quick compiler alone plans and runs them ~12 %
-    # faster than with the optimising one warming up (results are the same).
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
 }
 
 
