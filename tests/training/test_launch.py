@@ -1,4 +1,5 @@
-"""launch(): TorchDistributor in local mode, 2 gloo processes (needs the Spark session)."""
+"""launch(): TorchDistributor with 2 gloo processes (needs the Spark session): in local mode,
+and in cluster mode, where the ranks are the tasks of a Spark barrier stage."""
 
 from __future__ import annotations
 
@@ -53,6 +54,29 @@ def test_a_killed_rank_is_named_and_outcomes_go_to_the_given_folder(spark, tmp_p
     with pytest.raises(RuntimeError, match=r"rank\(s\) \[(0, )?1\] stopped without a result"):
         launch(killed, num_processes=2, local_mode=True, use_gpu=False, outcome_dir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # the run's outcome folder is removed
+
+
+def test_a_raising_rank_in_cluster_mode_fails_fast_with_its_exception(spark, tmp_path):
+    """Cluster mode on the session's local master: the ranks run inside Spark tasks (a
+    barrier stage), not under the driver's torchrun, and report through the outcome folder
+    on storage the driver shares. The same run on a real standalone cluster is the cluster
+    test's (tests/integration/test_cluster.py)."""
+
+    def raising():
+        import os
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        if os.environ["RANK"] == "1":
+            raise ValueError("planted failure on rank 1")
+        dist.barrier()
+        return 0
+
+    with pytest.raises(RuntimeError) as caught:
+        launch(raising, num_processes=2, local_mode=False, outcome_dir=str(tmp_path))
+    message = str(caught.value)
+    assert "rank 1" in message and "ValueError: planted failure on rank 1" in message
 
 
 def test_launch_and_gpu_resolution_validate_their_arguments():
