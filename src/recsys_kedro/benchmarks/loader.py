@@ -61,12 +61,14 @@ def _measure(batches: Iterable[Any], rows_of: Callable[[Any], int], max_seconds:
 
 def _write_dataset(workdir: Path, rows: int, n_users: int, n_items: int, block_rows: int):
     """Generate the data in Spark and write it in both layouts (timed)."""
+    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from recsys_kedro.mds import write_mds
     from recsys_kedro.mds.block_writer import write_mds_blocks
     from recsys_kedro.spark import build_spark_session
 
+    owned = SparkSession.getActiveSession() is None  # stopped at the end only if made here
     spark = build_spark_session(
         {
             "spark.master": "local[2]",
@@ -97,7 +99,8 @@ def _write_dataset(workdir: Path, rows: int, n_users: int, n_items: int, block_r
     )
     timings["write_block_s"] = time.perf_counter() - start
     df.unpersist()
-    spark.stop()
+    if owned:
+        spark.stop()
     return row_folder, block_folder, timings
 
 
