@@ -19,7 +19,7 @@ from recsys_kedro.data.synthetic_ratings import SyntheticRatingsSpec, user_activ
 
 pytestmark = pytest.mark.slow
 
-N, USERS, ITEMS, EVAL_USERS = 20_000, 2_000, 500, 100
+N, USERS, ITEMS, EVAL_USERS = 10_000, 1_000, 300, 50
 
 
 @pytest.fixture(scope="module")

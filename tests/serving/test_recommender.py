@@ -100,7 +100,9 @@ def served(tmp_path_factory):
 
     model = FunnelRecommender(**_inputs())
     path = tmp_path_factory.mktemp("served") / "recommender"
-    mlflow.pyfunc.save_model(str(path), python_model=model)
+    # The requirements are declared, not inferred: inference loads the model in yet another
+    # process, and this test is about serving, not packaging.
+    mlflow.pyfunc.save_model(str(path), python_model=model, pip_requirements=["mlflow"])
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(path)], capture_output=True, text=True, check=False
     )
