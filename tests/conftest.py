@@ -32,6 +32,25 @@ def spark():
     session.stop()
 
 
+#: The servable model's two catalog entries as in conf/base, with its requirements declared:
+#: MLflow would otherwise infer them by loading the model in another process, twice (~10 s),
+#: which no test here checks.
+SERVING_CATALOG = """
+recommend.recommender:
+  type: kedro_mlflow.io.models.MlflowModelLocalFileSystemDataset
+  flavor: mlflow.pyfunc
+  pyfunc_workflow: python_model
+  filepath: ${globals:data_root}/06_models/recommender
+  save_args: {pip_requirements: [mlflow]}
+
+recommend.recommender_logged:
+  type: kedro_mlflow.io.models.MlflowModelTrackingDataset
+  flavor: mlflow.pyfunc
+  pyfunc_workflow: python_model
+  save_args: {name: recommender, pip_requirements: [mlflow]}
+"""
+
+
 @pytest.fixture(scope="session")
 def two_tower_project(tmp_path_factory, spark):
     """A small project after one `two_tower` run (two epochs, a one-point ALS grid), read
@@ -68,7 +87,7 @@ def recommend_project(tmp_path_factory, two_tower_project):
     from tests.integration.conftest import make_project, run_project
     from tests.integration.test_recommend_pipeline import PARAMS, write_side_files
 
-    root = make_project(tmp_path_factory.mktemp("recommend_project"))
+    root = make_project(tmp_path_factory.mktemp("recommend_project"), SERVING_CATALOG)
     shutil.copytree(two_tower_project[0] / "data", root / "data")
     write_side_files(root / "data" / "01_raw" / "ml-100k")
     run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend", namespaces=["recommend"])
