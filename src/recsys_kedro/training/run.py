@@ -201,11 +201,8 @@ def run_fingerprint(
 
 
 def _checkpoint_policy(
-    settings: LaunchSettings, checkpoints_root: str | None, fingerprint: str
-) -> CheckpointPolicy | None:
-    ckpt = settings.checkpoints
-    if checkpoints_root is None or ckpt is None:
-        return None
+    ckpt: CheckpointSettings, checkpoints_root: str, fingerprint: str
+) -> CheckpointPolicy:
     return CheckpointPolicy(
         directory=f"{checkpoints_root.rstrip('/')}/{fingerprint}",
         every_n_steps=ckpt.every_n_steps,
@@ -275,9 +272,11 @@ def train(
     staging_dir = launch_settings.staging_dir.rstrip("/")
     try:
         config = _config(spec, train_mds, validation_mds, settings, use_gpu)
-        fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
-        policy = _checkpoint_policy(launch_settings, checkpoints_root, fingerprint)
-        config = dataclasses.replace(config, checkpoints=policy)
+        policy, fingerprint = None, None  # no checkpoints: nothing is named by a fingerprint
+        if checkpoints_root is not None and launch_settings.checkpoints is not None:
+            fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
+            policy = _checkpoint_policy(launch_settings.checkpoints, checkpoints_root, fingerprint)
+            config = dataclasses.replace(config, checkpoints=policy)
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
     fs, staged = fsspec.core.url_to_fs(config.model_path)
@@ -300,5 +299,5 @@ def train(
         if fs.exists(staged):
             fs.rm(staged)  # the caller saves the model; the staged copy is transport only
     summary = {k: v for k, v in result.items() if k != "model_path"}
-    summary["run_fingerprint"] = fingerprint if policy is not None else None
+    summary["run_fingerprint"] = fingerprint
     return TrainResult(model=model, history=result["history"], summary=summary)
