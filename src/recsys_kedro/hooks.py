@@ -17,20 +17,13 @@ from recsys_kedro.spark import build_spark_session
 logger = logging.getLogger(__name__)
 
 
-def _check_click_log_generator(data_params: dict[str, Any]) -> None:
-    from recsys_kedro.data.click_logs import ClickLogSpec
-
-    try:
-        ClickLogSpec.from_params(data_params["generator"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"dlrm.data.generator: {exc} (in conf/base/parameters_dlrm.yml)") from exc
-
-
 def _early_checks() -> dict[str, Callable[[Any], Any]]:
     """Parameters that can be validated without any data: checked before Spark starts, so a
     bad value fails in a second, not after the session and the first stages have run. Each
-    check calls the framework's own validation; the hook only adds where to fix it."""
-    return {"params:dlrm.data": _check_click_log_generator}
+    check is the one the nodes run (recsys_kedro.params)."""
+    from recsys_kedro.params import click_log_spec
+
+    return {"params:dlrm.data": click_log_spec}
 
 
 class SparkHooks:

@@ -159,7 +159,7 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The trained model (its checkpoint: config + full state dict), the per-epoch history
+    """The trained model (its model file: config + full state dict), the per-epoch history
     (``{metric: [value per epoch]}``) and the run's summary (history, best epoch, throughput,
     sharding plan, fingerprint, ...)."""
 

@@ -14,12 +14,12 @@ from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_kedro.data.click_logs import ClickLogSpec
 from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.evaluation.ranking import logistic_regression_scores, ranking_metrics
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
+from recsys_kedro.params import DLRM_CONF, click_log_spec
 from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.spark import active_spark_session
 from recsys_kedro.training.ranking import RankingSpec
@@ -27,19 +27,8 @@ from recsys_kedro.training.specs import spec_to_dict
 
 logger = logging.getLogger(__name__)
 
-CONF_FILE = "conf/base/parameters_dlrm.yml"
+CONF_FILE = DLRM_CONF
 SPLITS = ("train", "validation", "test")
-
-
-def click_log_spec(data_params: dict[str, Any]) -> ClickLogSpec:
-    """The generator's spec from ``dlrm.data``; a bad value names the parameter and the file.
-
-    Also run by the project hook before Spark starts, so a bad parameter fails at once.
-    """
-    try:
-        return ClickLogSpec.from_params(data_params["generator"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"dlrm.data.generator: {exc} (in {CONF_FILE})") from exc
 
 
 def generate_click_logs(data_params: dict[str, Any]) -> DataFrame:
