@@ -6,10 +6,9 @@ generator promises, ingestion keeps, the split divides and the export writes.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,18 +22,17 @@ N, USERS, ITEMS, EVAL_USERS = 10_000, 1_000, 300, 50
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One benchmark run in its own process (its own SparkSession, stopped at the end)."""
+def tiny_run(tmp_path_factory, spark):
+    """One run of the command's main() in this process, on the test session's Spark (which it
+    leaves running); training still runs in processes of its own, as the command's does."""
     work = tmp_path_factory.mktemp("scale") / "work"
-    cmd = [
-        sys.executable, "-m", "recsys_kedro.benchmarks.scale", "--interactions", str(N),
-        "--users", str(USERS), "--items", str(ITEMS), "--eval-users", str(EVAL_USERS),
-        "--work-dir", str(work),
-    ]  # fmt: skip
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out.stdout.strip().splitlines(), work
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        main([
+            "--interactions", str(N), "--users", str(USERS), "--items", str(ITEMS),
+            "--eval-users", str(EVAL_USERS), "--work-dir", str(work),
+        ])  # fmt: skip
+    assert spark.range(3).count() == 3  # the session it did not make is still running
+    return out.getvalue().strip().splitlines(), work
 
 
 def test_the_last_line_has_time_and_memory_per_stage(tiny_run):

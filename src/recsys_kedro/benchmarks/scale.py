@@ -519,10 +519,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         print(f"{'stage':<10} {'wall s':>9} {'driver MB':>11} {'tree MB':>11}  rows", flush=True)
+        from pyspark.sql import SparkSession
+
         from recsys_kedro.spark import build_spark_session
 
         sampler.reset()
         start = time.perf_counter()
+        owned = SparkSession.getActiveSession() is None  # stopped at the end only if made here
         spark = build_spark_session(_spark_conf(conf_dir, args.driver_memory), "recsys-kedro-scale")
         _import_stage_modules()  # so that no stage's peak is an import's
         wall["startup"] = round(time.perf_counter() - start, 2)
@@ -580,7 +583,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             )
         finally:
-            spark.stop()
+            if owned:
+                spark.stop()
     counts.update(
         raw_rows=results["generate"]["raw_rows"],
         ingested_rows=results["ingestion"]["ingested_rows"],
