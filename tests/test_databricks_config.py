@@ -57,7 +57,7 @@ def test_dlrm_on_databricks_trains_on_gpus_from_volumes(databricks):
 
 def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):
     loader, catalog = databricks
-    described = str(catalog.get("raw_ratings"))
+    described = str(catalog.get("raw_interactions"))
     assert "main.recsys.item_ratings" in described
     for split in ("train", "validation", "test"):
         mds = catalog.get(f"two_tower.{split}_mds")
@@ -118,4 +118,4 @@ def test_one_setting_moves_every_layer_to_the_volume():
     local = _loader("local")
     local_paths = _paths(DataCatalog.from_config(local["catalog"]))
     assert all("data/0" in p for p in local_paths.values()), local_paths
-    assert local_paths["raw_ratings"].endswith("data/01_raw/ml-100k/ml-100k.inter")
+    assert local_paths["raw_interactions"].endswith("data/01_raw/ml-100k/ml-100k.inter")

@@ -61,3 +61,13 @@ def test_exported_rows_are_not_grouped_by_user(spark):
     out = to_mds_frame(grouped, {"num_partitions": 2, "columns": COLUMNS})
     # 25 equally sized users: a uniform order has about 1/25 same-user neighbours.
     assert _same_user_neighbours(out) < 0.15
+
+
+def test_a_missing_float_is_exported_as_nan(spark):
+    implicit = spark.createDataFrame(
+        [(1, 2, None, 99, 1), (3, 4, 2.5, 98, 1)],
+        "user_idx int, item_idx int, rating double, timestamp long, label long",
+    )
+    out = to_mds_frame(implicit, {"num_partitions": 1, "columns": COLUMNS})
+    ratings = {r.user_idx: r.rating for r in out.collect()}
+    assert ratings[3] == 2.5 and ratings[1] != ratings[1]  # NaN, not null

@@ -3,22 +3,36 @@ from __future__ import annotations
 import pytest
 
 from recsys_kedro.data.interactions import (
+    LabelRule,
+    LabelRuleError,
     build_id_index,
-    deduplicate_ratings,
-    index_and_label,
+    deduplicate_interactions,
+    index_interactions,
     index_items,
     index_users,
     item_popularity,
+    label_interactions,
     split_interactions,
     summarise_splits,
 )
 
 RATINGS = "user_id string, item_id string, rating double, timestamp long"
+RAW = "user_id string, item_id string, rating double, event string, timestamp long"
 INTERACTIONS = "user_idx long, item_idx long, rating float, timestamp long, label int"
+THRESHOLD = LabelRule(rule="rating_threshold", threshold=4.0)
 
 
 def _ratings(spark, rows):
     return spark.createDataFrame(rows, RATINGS)
+
+
+def _raw(spark, rows):
+    """Raw ratings as InteractionsDataset loads them (no event type)."""
+    return spark.createDataFrame([(u, i, r, None, t) for u, i, r, t in rows], RAW)
+
+
+def _clean(raw, rule=THRESHOLD, params=None):
+    return deduplicate_interactions(label_interactions(raw, rule), params or {})
 
 
 def test_id_index_is_contiguous_sorted_and_stable(spark):
@@ -33,23 +47,88 @@ def test_id_index_is_contiguous_sorted_and_stable(spark):
     assert again == first
 
 
-def test_index_and_label_applies_threshold_and_indexes(spark):
-    df = _ratings(spark, [("a", "x", 4.0, 1), ("b", "y", 3.5, 2)])
+def test_threshold_labels_then_indexes(spark):
+    df = _clean(_raw(spark, [("a", "x", 4.0, 1), ("b", "y", 3.5, 2)]))
     users, items = index_users(df), index_items(df)
     assert users.columns == ["user_id", "user_idx"] and items.columns == ["item_id", "item_idx"]
     rows = {
-        (r.user_idx, r.item_idx): r.label
-        for r in index_and_label(df, users, items, {"label_threshold": 4.0}).collect()
+        (r.user_idx, r.item_idx): r.label for r in index_interactions(df, users, items).collect()
     }
     assert rows == {(0, 0): 1, (1, 1): 0}
 
 
-def test_index_and_label_rejects_ids_without_an_index(spark):
-    df = _ratings(spark, [("a", "x", 4.0, 1), ("zz", "x", 4.0, 2)])
+def test_index_interactions_rejects_ids_without_an_index(spark):
+    df = _clean(_raw(spark, [("a", "x", 4.0, 1), ("zz", "x", 4.0, 2)]))
     users = build_id_index(df.where("user_id = 'a'"), "user_id", "user_idx")
     items = build_id_index(df, "item_id", "item_idx")
     with pytest.raises(ValueError, match="ids without an index.*zz"):
-        index_and_label(df, users, items, {"label_threshold": 4.0})
+        index_interactions(df, users, items)
+
+
+def test_implicit_interactions_are_all_positive(spark):
+    raw = _raw(spark, [("a", "x", None, 1), ("a", "x", None, 5), ("b", "y", None, 2)])
+    out = _clean(raw, LabelRule(rule="all_positive"))
+    assert sorted((r.user_id, r.item_id, r.label, r.timestamp) for r in out.collect()) == [
+        ("a", "x", 1, 5),
+        ("b", "y", 1, 2),
+    ]
+
+
+def test_the_threshold_rule_refuses_rows_without_a_rating(spark):
+    raw = _raw(spark, [("a", "x", 4.0, 1), ("b", "y", None, 2)])
+    with pytest.raises(LabelRuleError, match="1 of 2 interactions have no rating.*all_positive"):
+        label_interactions(raw, THRESHOLD)
+
+
+def test_events_label_drop_and_keep_a_pairs_strongest_event(spark):
+    rule = LabelRule.from_params(
+        {"rule": "events", "events": {"purchase": 1, "cart": 1, "skip": 0, "view": "drop"}}
+    )
+    rows = [
+        ("a", "x", None, "view", 1),
+        ("a", "x", None, "purchase", 2),
+        ("a", "x", None, "view", 9),  # a later view does not undo the purchase
+        ("a", "y", None, "skip", 3),
+        ("a", "y", None, "skip", 4),
+        ("b", "x", None, "view", 5),  # only views: the pair is dropped
+        ("b", "y", None, "skip", 6),
+        ("b", "y", None, "cart", 7),
+    ]
+    out = _clean(spark.createDataFrame(rows, RAW), rule)
+    assert sorted((r.user_id, r.item_id, r.event, r.label, r.timestamp) for r in out.collect()) == [
+        ("a", "x", "purchase", 1, 2),
+        ("a", "y", "skip", 0, 4),
+        ("b", "y", "cart", 1, 7),
+    ]
+
+
+def test_an_event_type_the_rule_does_not_name_is_an_error(spark):
+    rule = LabelRule.from_params({"rule": "events", "events": {"purchase": 1}})
+    raw = spark.createDataFrame(
+        [
+            ("a", "x", None, "purchase", 1),
+            ("a", "y", None, "wishlist", 2),
+            ("b", "y", None, None, 3),
+        ],
+        RAW,
+    )
+    with pytest.raises(LabelRuleError, match=r"2 of 3 .*\['<none>', 'wishlist'\]"):
+        label_interactions(raw, rule)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"rule": "stars"}, "must be one of"),
+        ({"rule": "events"}, "needs `events:`"),
+        ({"rule": "events", "events": {"view": 2}}, "1, 0 or drop"),
+        ({"rule": "rating_threshold", "threshold": "high"}, "must be a number"),
+        ({"rule": "all_positive", "treshold": 4}, "unknown key"),
+    ],
+)
+def test_a_malformed_label_rule_is_refused(params, match):
+    with pytest.raises(LabelRuleError, match=match):
+        LabelRule.from_params(params)
 
 
 def _interactions(spark, per_user):
@@ -133,23 +212,21 @@ def test_summary_counts_each_split_and_rejects_an_empty_one(spark):
 
 
 def test_deduplicate_keeps_the_latest_rating_per_pair(spark):
-    df = spark.createDataFrame(
+    df = _raw(
+        spark,
         [("u1", "i1", 2.0, 10), ("u1", "i1", 5.0, 20), ("u1", "i2", 3.0, 5), ("u2", "i1", 4.0, 7)],
-        RATINGS,
     )
-    out = {(r.user_id, r.item_id): r.rating for r in deduplicate_ratings(df, {}).collect()}
+    out = {(r.user_id, r.item_id): r.rating for r in _clean(df).collect()}
     assert out == {("u1", "i1"): 5.0, ("u1", "i2"): 3.0, ("u2", "i1"): 4.0}
 
 
 def test_deduplicate_without_timestamps_keeps_the_highest_rating(spark):
-    df = spark.createDataFrame([("u1", "i1", 2.0, None), ("u1", "i1", 4.5, None)], RATINGS)
-    assert [r.rating for r in deduplicate_ratings(df, {}).collect()] == [4.5]
+    df = _raw(spark, [("u1", "i1", 2.0, None), ("u1", "i1", 4.5, None)])
+    assert [r.rating for r in _clean(df).collect()] == [4.5]
 
 
 def test_users_below_the_minimum_are_dropped(spark):
-    df = spark.createDataFrame(
-        [("u1", "i1", 2.0, 1), ("u1", "i2", 2.0, 2), ("u2", "i1", 4.0, 3)], RATINGS
-    )
-    out = deduplicate_ratings(df, {"min_user_interactions": 2})
+    df = _raw(spark, [("u1", "i1", 2.0, 1), ("u1", "i2", 2.0, 2), ("u2", "i1", 4.0, 3)])
+    out = _clean(df, params={"min_user_interactions": 2})
     assert {r.user_id for r in out.collect()} == {"u1"}
-    assert out.columns == ["user_id", "item_id", "rating", "timestamp"]
+    assert out.columns == ["user_id", "item_id", "rating", "event", "timestamp", "label"]

@@ -16,7 +16,7 @@ from recsys_kedro.data.ratings import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ratings"
-CANONICAL = "struct<user_id:string,item_id:string,rating:double,timestamp:bigint>"
+CANONICAL = "struct<user_id:string,item_id:string,rating:double,event:string,timestamp:bigint>"
 
 
 def utc(*args: int) -> int:
@@ -96,6 +96,8 @@ def test_each_published_format_parses_to_the_canonical_schema(
 
     assert df.schema.simpleString() == CANONICAL
     rows = [tuple(r) for r in df.collect()]  # a fixture of ~20 rows
+    assert {r[3] for r in rows} == {None}  # no event column in a ratings file
+    rows = [r[:3] + r[4:] for r in rows]
     assert len(rows) == n_rows
     assert len({r[0] for r in rows}) == n_users
     assert len({r[1] for r in rows}) == n_items
@@ -121,8 +123,8 @@ def test_files_without_a_timestamp_column_give_null_timestamps(spark, tmp_path):
     inter = tmp_path / "implicit.inter"
     inter.write_text("user_id:token\titem_id:token\trating:float\nu1\ti1\t1\nu2\ti1\t2\n")
 
-    lfs_rows = read_ratings(spark, str(lfs), "lfs_item_ratings").collect()
-    inter_rows = read_ratings(spark, str(inter), "recbole_inter").collect()
+    lfs_rows = read_ratings(spark, str(lfs), "lfs_item_ratings").drop("event").collect()
+    inter_rows = read_ratings(spark, str(inter), "recbole_inter").drop("event").collect()
 
     assert sorted(tuple(r) for r in lfs_rows) == [
         ("abc123", "10", 3.5, None),
@@ -292,7 +294,7 @@ MALFORMED = [
         "ml100k_udata",
         "u.data",
         "",
-        ["no ratings rows"],
+        ["no interactions"],
         id="udata-empty-file",
     ),
     pytest.param(
@@ -306,7 +308,7 @@ MALFORMED = [
         "ml_csv",
         "ratings.csv",
         "userId,movieId,rating,timestamp\n",
-        ["no ratings rows"],
+        ["no interactions"],
         id="csv-header-only",
     ),
 ]
@@ -371,12 +373,13 @@ def test_bad_rating_range_is_rejected_before_reading(spark):
 
 
 def test_validate_ratings_checks_an_already_parsed_frame(spark):
-    columns = "AS t(user_id, item_id, rating, timestamp)"
+    columns = "AS t(user_id, item_id, rating, event, timestamp)"
     good = spark.sql(
-        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, 1L), ('u2', 'i1', 0.5D, NULL) {columns}"
+        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, NULL, 1L), ('u2', 'i1', 0.5D, NULL, NULL) "
+        f"{columns}"
     )
     bad = spark.sql(
-        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, 1L), ('u2', NULL, 9.0D, 2L) {columns}"
+        f"SELECT * FROM VALUES ('u1', 'i1', 4.0D, NULL, 1L), ('u2', NULL, 9.0D, NULL, 2L) {columns}"
     )
 
     assert validate_ratings(good, "table 'memory'", (0.5, 5.0)).count() == 2
@@ -386,3 +389,109 @@ def test_validate_ratings_checks_an_already_parsed_frame(spark):
     assert "table 'memory'" in message
     assert "column `item_id` is empty or missing" in message
     assert "column `rating` is outside rating_range" in message
+
+
+# ------------------------------------------------------------- event logs (csv, parquet)
+
+MS_2024 = 1_709_294_400_000  # 2024-03-01 12:00:00 UTC in milliseconds
+
+
+def _event_log(path: Path, header: str = "visitor,sku,event_type,ts", sep: str = ",") -> Path:
+    rows = [
+        ("v1", "sku-9", "view", MS_2024),
+        ("v1", "sku-9", "purchase", MS_2024 + 61_500),
+        ("v2", "sku-1", "cart", MS_2024 + 2_000),
+    ]
+    order = header.split(sep)
+    by_name = {"visitor": 0, "sku": 1, "event_type": 2, "ts": 3}
+    lines = [header] + [sep.join(str(r[by_name[c]]) for c in order) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+EVENT_COLUMNS = {"user_id": "visitor", "item_id": "sku", "event": "event_type", "timestamp": "ts"}
+EVENT_ROWS = [
+    ("v1", "sku-9", None, "purchase", MS_2024 // 1000 + 61),
+    ("v1", "sku-9", None, "view", MS_2024 // 1000),
+    ("v2", "sku-1", None, "cart", MS_2024 // 1000 + 2),
+]
+
+
+def test_an_event_log_with_string_ids_and_millisecond_timestamps(spark, tmp_path):
+    path = _event_log(tmp_path / "events.tsv", header="ts\tevent_type\tsku\tvisitor", sep="\t")
+
+    df = read_ratings(spark, str(path), "csv", columns=EVENT_COLUMNS, sep="\t", timestamp_unit="ms")
+
+    assert df.schema.simpleString() == CANONICAL
+    assert sorted(tuple(r) for r in df.collect()) == EVENT_ROWS
+
+
+def test_the_timestamp_unit_is_detected_and_logged(spark, tmp_path, caplog):
+    path = _event_log(tmp_path / "events.csv")
+
+    with caplog.at_level("INFO", logger="recsys_kedro.data.ratings"):
+        df = read_ratings(spark, str(path), "csv", columns=EVENT_COLUMNS)
+
+    assert sorted(tuple(r) for r in df.collect()) == EVENT_ROWS
+    assert "column `ts` (timestamp): timestamps read as milliseconds (detected" in caplog.text
+    assert "timestamp_unit: ms" in caplog.text
+
+
+def test_milliseconds_declared_as_seconds_are_impossible_and_named(spark, tmp_path):
+    path = _event_log(tmp_path / "events.csv")
+
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(path), "csv", columns=EVENT_COLUMNS, timestamp_unit="s")
+
+    message = str(info.value)
+    assert "column `ts` (timestamp) is impossible when read as seconds" in message
+    assert "3 of 3 lines" in message and str(MS_2024) in message
+    assert "`timestamp_unit:` s, ms, us, ns, datetime, auto" in message
+
+
+def test_every_file_of_a_glob_is_checked_against_the_header(spark, tmp_path):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    _event_log(folder / "day-1.csv")
+    _event_log(folder / "day-2.csv")
+    assert read_ratings(spark, str(folder / "*.csv"), "csv", columns=EVENT_COLUMNS).count() == 6
+
+    # Spark would read day-3's sku column as the visitor: refused, the file named
+    _event_log(folder / "day-3.csv", header="sku,visitor,event_type,ts")
+    with pytest.raises(RatingsFormatError) as info:
+        read_ratings(spark, str(folder / "*.csv"), "csv", columns=EVENT_COLUMNS)
+    assert "1 of 3 files have another header" in str(info.value)
+    assert "day-3.csv: ['sku', 'visitor', 'event_type', 'ts']" in str(info.value)
+
+
+def test_a_mapped_column_the_header_lacks_is_named(spark, tmp_path):
+    path = _event_log(tmp_path / "events.csv")
+
+    with pytest.raises(RatingsFormatError, match=r"missing column\(s\) `stars` \(rating\)"):
+        read_ratings(spark, str(path), "csv", columns={**EVENT_COLUMNS, "rating": "stars"})
+
+
+def test_parquet_with_typed_columns_and_a_mapping(spark, tmp_path):
+    path = str(tmp_path / "events.parquet")
+    spark.sql(
+        "SELECT * FROM VALUES "
+        "(7L, 100L, 'click', TIMESTAMP '2024-03-01 12:00:00 UTC', 3.5D), "
+        "(8L, 100L, 'buy', TIMESTAMP '2024-03-01 12:00:05 UTC', NULL) "
+        "AS t(uid, iid, kind, at, stars)"
+    ).write.parquet(path)
+    columns = {"user_id": "uid", "item_id": "iid", "event": "kind", "timestamp": "at"}
+
+    rows = read_ratings(spark, path, "parquet", columns=columns).collect()
+
+    assert sorted(tuple(r) for r in rows) == [
+        ("7", "100", None, "click", MS_2024 // 1000),
+        ("8", "100", None, "buy", MS_2024 // 1000 + 5),
+    ]
+    # a mapped rating column with an empty value is named
+    with pytest.raises(RatingsFormatError, match=r"column `stars` \(rating\) is empty or missing"):
+        read_ratings(spark, path, "parquet", columns={**columns, "rating": "stars"})
+
+
+def test_columns_are_refused_for_a_published_format(spark):
+    with pytest.raises(RatingsFormatError, match="`columns:` applies to the formats"):
+        read_ratings(spark, "u.data", "ml100k_udata", columns={"user_id": "uid"})

@@ -141,7 +141,7 @@ def test_mlflow_run_has_params_curves_and_artifacts(pipeline_run):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["two_tower.training.epochs"] == "2"
-    assert run.data.params["two_tower.features.label_threshold"] == "4.0"
+    assert run.data.params["two_tower.ingestion.label.threshold"] == "4.0"
     history = client.get_metric_history(run.info.run_id, "two_tower.train_loss")
     assert [m.step for m in history] == [1, 2]
     assert "two_tower.test_recall_at_10" in run.data.metrics

@@ -260,7 +260,7 @@ def test_the_pipeline_reads_two_tower_outputs_and_reuses_the_shared_stages():
     assert "two_tower.evaluation.fit_als_baseline" not in names
     assert "recommend.rated_pairs.training.train_model" in names  # the ablation's ranker
     assert "recommend.rated_pairs.export.export_test" not in names
-    assert {"raw_ratings", "raw_users", "raw_items"} <= pipeline.inputs()
+    assert {"raw_interactions", "raw_users", "raw_items"} <= pipeline.inputs()
 
 
 def test_rated_pairs_carry_the_retrieval_features_of_a_candidate(data):

@@ -7,8 +7,9 @@ each stage's outputs written to a work folder as the catalog would write them:
 
   generate    the raw ratings as parquet (exactly ``--interactions`` distinct pairs, plus
               ~1 % earlier re-ratings that ingestion removes)
-  ingestion   ``read_ratings_table`` (one validating pass) -> ``deduplicate_ratings``
-  features    ``index_users`` / ``index_items`` -> ``index_and_label`` ->
+  ingestion   ``read_ratings_table`` (one validating pass) -> ``label_interactions``
+              (the configured rule) -> ``deduplicate_interactions``
+  features    ``index_users`` / ``index_items`` -> ``index_interactions`` ->
               ``split_interactions`` -> ``item_popularity``, ``summarise_splits``
   export      ``to_mds_frame`` -> ``MDSDataset`` (the catalog's block layout), every split
   train       ``two_tower_spec`` -> ``train_model``: ``TorchDistributor`` local mode, the
@@ -188,7 +189,7 @@ class Paths:
 
     def __init__(self, work: Path) -> None:
         self.raw = work / "01_raw" / "ratings"
-        self.int_ratings = work / "02_intermediate" / "ratings"
+        self.int_interactions = work / "02_intermediate" / "interactions"
         self.user_index = work / "03_primary" / "user_index"
         self.item_index = work / "03_primary" / "item_index"
         self.interactions = work / "04_feature" / "interactions"
@@ -217,20 +218,27 @@ def stage_generate(spark: Any, spec: Any, paths: Paths) -> dict[str, Any]:
 
 
 def stage_ingestion(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
-    from recsys_kedro.data.interactions import deduplicate_ratings
+    from recsys_kedro.data.interactions import (
+        LabelRule,
+        deduplicate_interactions,
+        label_interactions,
+    )
     from recsys_kedro.data.ratings import read_ratings_table
     from recsys_kedro.data.synthetic_ratings import RATING_RANGE
 
-    # The raw parquet as a table: RatingsDataset(table=...) reads it with this function.
+    # The raw parquet as a table: InteractionsDataset(table=...) reads it with this function.
     spark.read.parquet(str(paths.raw)).createOrReplaceTempView("scale_raw_ratings")
-    ratings = read_ratings_table(spark, "scale_raw_ratings", rating_range=RATING_RANGE)
-    _write(deduplicate_ratings(ratings, params["ingestion"]), paths.int_ratings)
-    return {"ingested_rows": _rows(spark, paths.int_ratings)}
+    ratings = read_ratings_table(
+        spark, "scale_raw_ratings", rating_range=RATING_RANGE, timestamp_unit="s"
+    )
+    labelled = label_interactions(ratings, LabelRule.from_params(params["ingestion"]["label"]))
+    _write(deduplicate_interactions(labelled, params["ingestion"]), paths.int_interactions)
+    return {"ingested_rows": _rows(spark, paths.int_interactions)}
 
 
 def stage_features(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
     from recsys_kedro.data.interactions import (
-        index_and_label,
+        index_interactions,
         index_items,
         index_users,
         item_popularity,
@@ -238,12 +246,10 @@ def stage_features(spark: Any, paths: Paths, params: dict[str, Any]) -> dict[str
         summarise_splits,
     )
 
-    ratings = spark.read.parquet(str(paths.int_ratings))
+    ratings = spark.read.parquet(str(paths.int_interactions))
     user_index = _write(index_users(ratings), paths.user_index)
     item_index = _write(index_items(ratings), paths.item_index)
-    interactions = _write(
-        index_and_label(ratings, user_index, item_index, params["features"]), paths.interactions
-    )
+    interactions = _write(index_interactions(ratings, user_index, item_index), paths.interactions)
     parts = split_interactions(interactions, params["features"]["split"])
     train, validation, test = (
         _write(df, paths.splits[s]) for s, df in zip(SPLITS, parts, strict=True)

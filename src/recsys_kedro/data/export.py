@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 _SPARK_TYPES = {"int64": "long", "int32": "int", "float32": "float", "float64": "double"}
@@ -18,6 +18,8 @@ def to_mds_frame(split: DataFrame, params: dict[str, Any]) -> DataFrame:
         params: ``num_partitions`` (parallel MDS writers) and ``columns``: column -> dtype
             (``int64``, ``int32``, ``float32``, ``float64``) to select and cast, or ``null``
             to export every column as it is typed (arrays of ids become jagged features).
+            A float column's missing values are exported as NaN (an implicit event log has
+            no rating).
 
     Returns:
         The frame the ``{split}_mds`` dataset writes; its row count is checked against the
@@ -37,5 +39,12 @@ def to_mds_frame(split: DataFrame, params: dict[str, Any]) -> DataFrame:
                 f"export.columns names {missing}, which the split does not have "
                 f"(it has {split.columns})"
             )
-        frame = split.select(*[F.col(c).cast(_SPARK_TYPES[t]).alias(c) for c, t in columns.items()])
+        frame = split.select(*[_cast(c, t).alias(c) for c, t in columns.items()])
     return frame.repartition(int(params["num_partitions"]))
+
+
+def _cast(column: str, dtype: str) -> Column:
+    cast = F.col(column).cast(_SPARK_TYPES[dtype])
+    if dtype.startswith("float"):  # missing -> NaN, what a float array holds for "none"
+        return F.coalesce(cast, F.lit(float("nan")).cast(_SPARK_TYPES[dtype]))
+    return cast

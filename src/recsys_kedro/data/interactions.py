@@ -1,5 +1,5 @@
-"""Interactions in Spark, Kedro-free: one clean rating per (user, item), id indexes, labels,
-the train/validation/test split and its statistics.
+"""Interactions in Spark, Kedro-free: labels by a declared rule, one interaction per (user,
+item), id indexes, the train/validation/test split and its statistics.
 
 Nothing here collects rows to the driver; only aggregates (counts) come back.
 """
@@ -7,6 +7,8 @@ Nothing here collects rows to the driver; only aggregates (counts) come back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, Window
@@ -18,27 +20,163 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
-def deduplicate_ratings(ratings: DataFrame, params: dict[str, Any]) -> DataFrame:
-    """Keep one rating per (user, item): the latest one (ties: the highest rating).
+LABEL_RULES = ("rating_threshold", "all_positive", "events")
+#: What an event type may map to: a label, or ``drop`` (the row is removed, and counted).
+DROP = "drop"
+
+
+class LabelRuleError(ValueError):
+    """A label rule that is malformed, or that the interactions cannot satisfy."""
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """Which interactions are positive (label 1), negative (label 0) or dropped.
+
+    * ``rating_threshold`` (explicit ratings): ``label = rating >= threshold``; every
+      interaction needs a rating.
+    * ``all_positive`` (implicit feedback: clicks, plays, purchases): every interaction is
+      positive.
+    * ``events`` (an event log): ``events`` maps each event type to ``1``, ``0`` or
+      ``drop``; a type the mapping does not name is an error, never silently dropped.
+
+    Of several interactions of one (user, item) pair, the latest is kept under the first two
+    rules; under ``events`` the one with the highest label is (then the latest of those), so
+    a purchase after a view is a positive of the purchase's time.
+    """
+
+    rule: str = "rating_threshold"
+    threshold: float = 4.0
+    events: tuple[tuple[str, int | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rule not in LABEL_RULES:
+            raise LabelRuleError(f"label rule must be one of {LABEL_RULES}, got {self.rule!r}")
+        if self.rule == "events":
+            if not self.events:
+                raise LabelRuleError(
+                    "the `events` label rule needs `events:`, a mapping from each event type "
+                    "to 1 (positive), 0 (negative) or drop"
+                )
+            bad = [(e, v) for e, v in self.events if v not in (0, 1, None)]
+            if bad:
+                raise LabelRuleError(f"`events:` maps each event type to 1, 0 or {DROP}; got {bad}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> LabelRule:
+        """From ``{rule, threshold, events}`` (``events``: type -> 1 / 0 / ``drop``)."""
+        unknown = sorted(set(params) - {"rule", "threshold", "events"})
+        if unknown:
+            raise LabelRuleError(
+                f"unknown key(s) {unknown} in the label rule; the keys are rule, threshold, events"
+            )
+        events = []
+        for event, value in dict(params.get("events") or {}).items():
+            if value == DROP or value is None:
+                events.append((str(event), None))
+            elif isinstance(value, bool) or value not in (0, 1):
+                raise LabelRuleError(
+                    f"`events:` maps each event type to 1, 0 or {DROP}; got {event}: {value!r}"
+                )
+            else:
+                events.append((str(event), int(value)))
+        try:
+            threshold = float(params.get("threshold", 4.0))
+        except (TypeError, ValueError):
+            raise LabelRuleError(
+                f"`threshold:` must be a number, got {params.get('threshold')!r}"
+            ) from None
+        return cls(
+            rule=str(params.get("rule", "rating_threshold")),
+            threshold=threshold,
+            events=tuple(events),
+        )
+
+
+def label_interactions(interactions: DataFrame, rule: LabelRule) -> DataFrame:
+    """Label each raw interaction by ``rule``, with one aggregating query that checks the
+    data can take it.
 
     Args:
-        ratings: validated raw ratings ``user_id, item_id, rating, timestamp``, as loaded by
-            ``RatingsDataset`` (which already rejects malformed rows with a clear error).
+        interactions: validated raw interactions ``user_id, item_id, rating, event,
+            timestamp`` (``InteractionsDataset``).
+        rule: the label rule.
+
+    Returns:
+        The rows ``rule`` keeps, with ``label: int`` and ``_priority`` (what
+        :func:`deduplicate_interactions` keeps first of a pair).
+
+    Raises:
+        LabelRuleError: ``rating_threshold`` on rows without a rating, ``events`` on rows
+            without an event type or with a type the mapping does not name.
+    """
+    if rule.rule == "rating_threshold":
+        label = (F.col("rating") >= F.lit(rule.threshold)).cast("int")
+        bad = F.col("rating").isNull()
+        problem = (
+            "have no rating, so the `rating_threshold` rule cannot label them: for implicit "
+            "data use `rule: all_positive`, or `rule: events` with an event column"
+        )
+    elif rule.rule == "all_positive":
+        label, bad, problem = F.lit(1), F.lit(False), ""
+    else:
+        mapping = dict(rule.events)
+        label = F.lit(None).cast("int")
+        for event, value in mapping.items():
+            if value is not None:
+                label = F.when(F.col("event") == event, F.lit(value)).otherwise(label)
+        bad = F.col("event").isNull() | ~F.col("event").isin(list(mapping))
+        problem = (
+            f"have an event type the `events:` mapping ({sorted(mapping)}) does not name (or "
+            f"none): map every type to 1, 0 or {DROP}"
+        )
+    check = interactions.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_if(bad).alias("bad"),
+        F.collect_set(F.when(bad, F.coalesce(F.col("event"), F.lit("<none>")))).alias("kinds"),
+        F.first(F.when(bad, F.concat_ws(" ", "user_id", "item_id")), ignorenulls=True).alias("ex"),
+    ).first()
+    if check["bad"]:
+        kinds = sorted(check["kinds"])[:10] if rule.rule == "events" else []
+        raise LabelRuleError(
+            f"{check['bad']} of {check['rows']} interactions {problem}"
+            + (f"; the unnamed types: {kinds}" if kinds else "")
+            + f" (e.g. user, item: {check['ex']})"
+        )
+    labelled = interactions.withColumn("label", label)
+    if rule.rule == "events":
+        dropped = [e for e, v in rule.events if v is None]
+        if dropped:
+            labelled = labelled.where(~F.col("event").isin(dropped))
+        return labelled.withColumn("_priority", F.col("label"))
+    return labelled.withColumn("_priority", F.lit(0))
+
+
+def deduplicate_interactions(labelled: DataFrame, params: Mapping[str, Any]) -> DataFrame:
+    """Keep one interaction per (user, item): the highest ``_priority``, then the latest
+    (ties: the highest rating); drop users with too few.
+
+    Args:
+        labelled: :func:`label_interactions`'s output.
         params: ``min_user_interactions``: users with fewer interactions are dropped
             (they cannot be split into train, validation and test).
 
     Returns:
-        ``user_id, item_id, rating, timestamp`` with unique (user_id, item_id).
+        ``user_id, item_id, rating, event, timestamp, label`` with unique (user_id, item_id).
     """
     w = Window.partitionBy("user_id", "item_id").orderBy(
-        F.col("timestamp").desc_nulls_last(), F.col("rating").desc()
+        F.col("_priority").desc(),
+        F.col("timestamp").desc_nulls_last(),
+        F.col("rating").desc_nulls_last(),
     )
-    unique = ratings.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
+    unique = labelled.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
     min_n = int(params.get("min_user_interactions", 1))
     if min_n > 1:
         counts = unique.groupBy("user_id").agg(F.count("*").alias("_n"))
         unique = unique.join(counts.where(F.col("_n") >= min_n), "user_id").drop("_n")
-    return unique.select("user_id", "item_id", "rating", "timestamp")
+    return unique.select(
+        "user_id", "item_id", "rating", "event", "timestamp", F.col("label").cast("int")
+    )
 
 
 def build_id_index(ratings: DataFrame, id_column: str, index_column: str) -> DataFrame:
@@ -72,29 +210,28 @@ def index_items(ratings: DataFrame) -> DataFrame:
     return build_id_index(ratings, "item_id", "item_idx")
 
 
-def index_and_label(
-    ratings: DataFrame, user_index: DataFrame, item_index: DataFrame, params: dict[str, Any]
+def index_interactions(
+    interactions: DataFrame, user_index: DataFrame, item_index: DataFrame
 ) -> DataFrame:
-    """Attach ``user_idx``/``item_idx`` and the binary ``label = rating >= label_threshold``.
+    """Attach ``user_idx``/``item_idx`` to the labelled interactions.
 
     Raises:
         ValueError: if an id has no index (the index was built from other data).
     """
-    threshold = float(params["label_threshold"])
-    joined = ratings.join(user_index, "user_id", "left").join(item_index, "item_id", "left")
+    joined = interactions.join(user_index, "user_id", "left").join(item_index, "item_id", "left")
     missing = joined.where(F.col("user_idx").isNull() | F.col("item_idx").isNull()).limit(3)
     examples = missing.select("user_id", "item_id").collect()
     if examples:
         raise ValueError(
             f"ids without an index, e.g. {[tuple(r) for r in examples]}: the user/item index "
-            "datasets are stale; re-run the features stage from `int_ratings`."
+            "datasets are stale; re-run the features stage from `int_interactions`."
         )
     return joined.select(
         "user_idx",
         "item_idx",
         F.col("rating").cast("float").alias("rating"),
         "timestamp",
-        (F.col("rating") >= F.lit(threshold)).cast("int").alias("label"),
+        F.col("label").cast("int").alias("label"),
     )
 
 

@@ -1,24 +1,33 @@
-"""Raw ratings ingestion: read published rating files (or a table) into one canonical schema.
+"""Raw interactions: read rating files, event logs or tables into one canonical schema.
 
 Plain framework code: nothing here knows about Kedro (see
-``recsys_kedro.datasets.ratings_dataset`` for the catalog entry that wraps it).
+``recsys_kedro.datasets.interactions_dataset`` for the catalog entry that wraps it).
 
 Every reader returns a lazy Spark DataFrame with the canonical schema::
 
-    user_id: string, item_id: string, rating: double, timestamp: long
+    user_id: string, item_id: string, rating: double, event: string, timestamp: long
 
-``timestamp`` is seconds since the epoch (UTC), null where the source has none. Files are read
-with Spark's CSV reader and an explicit schema of strings, then parsed with ``try_cast`` (null
-where a value does not parse, also under ANSI mode), so nothing is collected to the driver.
-Before the DataFrame is returned, :func:`validate_ratings` runs ONE aggregating Spark query (one
-pass over the data; header formats read their first line before it) that checks every row and
+``rating`` is null for implicit data (an event log has none), ``event`` is the event type
+where the source has one (``view``, ``purchase``; null otherwise), ``timestamp`` is seconds
+since the epoch (UTC), null where the source has none. Sources are the published rating
+formats of :data:`RATINGS_FORMATS`, any delimited text file with a header (``csv``), parquet
+(``parquet``) and tables, the last three with a column mapping and a timestamp unit
+(:data:`TIMESTAMP_UNITS`; ``auto`` detects it from the values and logs what it chose).
+
+Text files are read with Spark's CSV reader and an explicit schema of strings, then parsed
+with ``try_cast`` (null where a value does not parse, also under ANSI mode), so nothing is
+collected to the driver. Before the DataFrame is returned, :func:`validate_ratings` runs ONE
+aggregating Spark query (one pass over the data; header formats read each file's first line
+before it, ``auto`` units one aggregate) that checks every row and
 raises :class:`RatingsFormatError` naming the file (or table), the column, what is wrong (a
 count and up to 3 examples) and how to fix it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,16 +36,28 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-CANONICAL_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "timestamp")
-REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating")
+CANONICAL_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "event", "timestamp")
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", "item_id")
 CANONICAL_SCHEMA = T.StructType(
     [
         T.StructField("user_id", T.StringType()),
         T.StructField("item_id", T.StringType()),
         T.StructField("rating", T.DoubleType()),
+        T.StructField("event", T.StringType()),
         T.StructField("timestamp", T.LongType()),
     ]
 )
+
+#: Sources whose columns are named by a ``columns:`` mapping (beside the published formats).
+GENERIC_FORMATS: tuple[str, ...] = ("csv", "parquet")
+#: How numeric timestamps count time (``datetime``: text such as ``2024-03-01 12:00:00``, UTC;
+#: ``auto``: from the largest value, logged).
+TIMESTAMP_UNITS: tuple[str, ...] = ("s", "ms", "us", "ns", "datetime", "auto")
+_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+#: Timestamps later than now by more than this are impossible (a unit mix-up, not a clock skew).
+FUTURE_SLACK_S = 86_400
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RATING_RANGE: tuple[float, float] = (0.5, 5.0)
 CATALOG_FILE = "conf/base/catalog.yml"
@@ -185,24 +206,52 @@ def read_ratings(
     path: str | os.PathLike[str],
     fmt: str,
     rating_range: Sequence[float] = DEFAULT_RATING_RANGE,
+    *,
+    columns: Mapping[str, str] | None = None,
+    sep: str = ",",
+    timestamp_unit: str = "auto",
 ) -> DataFrame:
-    """Read a ratings file (or a directory / glob of them) of format ``fmt``, validated.
+    """Read interactions from a file (or a directory / glob of them) of format ``fmt``, validated.
 
     Args:
         spark: the active SparkSession.
         path: a file, directory or glob Spark can read (local, ``/Volumes/...``, ``s3://``...).
-        fmt: one of :data:`RATINGS_FORMATS`.
+        fmt: one of :data:`RATINGS_FORMATS` (published rating files) or
+            :data:`GENERIC_FORMATS` (``csv``: delimited text with a header line; ``parquet``).
         rating_range: inclusive ``(low, high)`` bounds every rating must lie in.
+        columns: ``csv`` / ``parquet`` only: canonical name -> the source's column name, for
+            the columns whose names differ. ``user_id`` and ``item_id`` are required;
+            ``rating``, ``event`` and ``timestamp`` are read when the source has them (under
+            the canonical or the mapped name) and must exist when mapped.
+        sep: ``csv`` only: the field separator.
+        timestamp_unit: ``csv`` / ``parquet`` only: one of :data:`TIMESTAMP_UNITS`.
 
     Returns:
         A lazy DataFrame with the canonical schema (see module docstring).
 
     Raises:
-        RatingsFormatError: unknown format, missing/empty file, or rows that do not parse.
+        RatingsFormatError: unknown format, missing/empty file, files whose headers differ,
+            or rows that do not parse.
     """
-    spec = _get_format(fmt)
-    low_high = _check_range(rating_range)
     path = os.fspath(path)
+    if fmt == "parquet":
+        source = f"file {path!r} (format 'parquet')"
+        try:
+            frame = spark.read.parquet(path)
+        except AnalysisException as exc:
+            raise _path_error(exc, path, source, "") from exc
+        return _read_typed(frame, source, columns, rating_range, timestamp_unit)
+    if fmt == "csv":
+        spec = _csv_format(columns, sep, _check_unit(timestamp_unit))
+    else:
+        if columns:
+            raise RatingsFormatError(
+                f"`columns:` applies to the formats {list(GENERIC_FORMATS)} and to tables; the "
+                f"columns of format {fmt!r} are fixed.\nFix: remove `columns:` from the catalog "
+                f"entry in {CATALOG_FILE}, or read the file with `format: csv` and `columns:`."
+            )
+        spec = _get_format(fmt)
+    low_high = _check_range(rating_range)
     source = f"file {path!r} (format {spec.name!r})"
     fix = _format_fix(spec)
 
@@ -245,15 +294,33 @@ def read_ratings(
         )
     except AnalysisException as exc:
         raise _path_error(exc, path, source, fix) from exc
+    files = _input_files(raw)
+    several_files = len(files) > 1
+    if spec.header and several_files:
+        # Spark drops the first line of every file and reads its fields by the first file's
+        # positions: a file whose header differs would be read into the wrong columns.
+        _check_headers(spark, files, header_line, spec, source)
 
     raw_cols = {canon: F.trim(F.col(_quote(col))) for canon, col in file_columns.items()}
+    unit = spec.timestamp
+    if unit == "auto" and "timestamp" in raw_cols:
+        unit = _detect_unit(raw.select(raw_cols["timestamp"].alias("t")), "t", labels["timestamp"])
     parsed = {
         "user_id": _parse_id(raw_cols["user_id"], spec.integer_user_ids),
         "item_id": _parse_id(raw_cols["item_id"], spec.integer_item_ids),
-        "rating": raw_cols["rating"].try_cast("double"),
+        "rating": (
+            raw_cols["rating"].try_cast("double")
+            if "rating" in raw_cols
+            else F.lit(None).cast("double")
+        ),
+        "event": (
+            F.when(raw_cols["event"] != "", raw_cols["event"])
+            if "event" in raw_cols
+            else F.lit(None).cast("string")
+        ),
     }
     if "timestamp" in raw_cols:
-        parsed["timestamp"] = _parse_timestamp_text(raw_cols["timestamp"], spec.timestamp)
+        parsed["timestamp"] = _parse_timestamp_text(raw_cols["timestamp"], unit)
         # an empty timestamp is an error in a file that has the column (a short line is
         # reported as a short line, see validate_ratings)
         raw_cols["timestamp"] = F.coalesce(raw_cols["timestamp"], F.lit(""))
@@ -265,7 +332,6 @@ def read_ratings(
     ).alias(LINE_COLUMN)
     helpers = [raw_cols[c].alias(RAW_PREFIX + c) for c in raw_cols]
     helpers += [F.col(CORRUPT_COLUMN), line]
-    several_files = len(_input_files(raw)) > 1
     if several_files:
         helpers.append(F.col("_metadata.file_name").alias(FILE_COLUMN))
     frame = raw.select(*[parsed[c].alias(c) for c in CANONICAL_COLUMNS], *helpers)
@@ -274,10 +340,19 @@ def read_ratings(
         "user_id": "an integer id" if spec.integer_user_ids else "a non-empty id",
         "item_id": "an integer id" if spec.integer_item_ids else "a non-empty id",
         "rating": "a number",
-        "timestamp": _TIMESTAMP_EXPECTED[spec.timestamp],
+        "timestamp": _TIMESTAMP_EXPECTED.get(unit, _TIMESTAMP_EXPECTED["s"]).format(unit=unit),
     }
     try:
-        return validate_ratings(frame, source, low_high, labels=labels, expected=expected, fix=fix)
+        return validate_ratings(
+            frame,
+            source,
+            low_high,
+            labels=labels,
+            expected=expected,
+            fix=fix,
+            required=_required(file_columns),
+            timestamp_unit=_UNIT_NAMES.get(unit, unit),
+        )
     except RatingsFormatError as exc:
         # say which format the file looks like (reads its first line: error path only)
         if header_line is None:
@@ -293,35 +368,23 @@ def read_ratings_table(
     table: str,
     columns: Mapping[str, str] | None = None,
     rating_range: Sequence[float] = DEFAULT_RATING_RANGE,
+    timestamp_unit: str = "auto",
 ) -> DataFrame:
-    """Read ratings from a Spark / Unity Catalog table (e.g. ``main.recsys.item_ratings``).
+    """Read interactions from a Spark / Unity Catalog table (e.g. ``main.recsys.item_ratings``).
 
     Args:
         spark: the active SparkSession.
         table: table or view name, as ``spark.read.table`` takes it.
         columns: canonical name -> table column name, for the columns whose names differ
-            (``{"user_id": "userId", "item_id": "movieId", "timestamp": "tstamp"}``). A
-            ``timestamp`` column is optional unless mapped here (then null).
+            (``{"user_id": "userId", "item_id": "movieId", "timestamp": "tstamp"}``).
+            ``rating``, ``event`` and ``timestamp`` are optional unless mapped here.
         rating_range: inclusive ``(low, high)`` bounds every rating must lie in.
+        timestamp_unit: how a numeric timestamp counts time, one of :data:`TIMESTAMP_UNITS`.
 
     Id columns are cast to strings; the rating may be numeric or text; the timestamp may be
-    a timestamp, a date, epoch seconds (numeric) or text (``yyyy-MM-dd HH:mm:ss``, UTC).
+    a timestamp, a date, a number in ``timestamp_unit`` or text (``yyyy-MM-dd HH:mm:ss``, UTC).
     """
-    low_high = _check_range(rating_range)
     source = f"table {table!r}"
-    mapping = {c: c for c in CANONICAL_COLUMNS}
-    unknown = sorted(set(columns or {}) - set(CANONICAL_COLUMNS))
-    if unknown:
-        raise RatingsFormatError(
-            f"{source}: `columns:` has unknown key(s) {unknown}.\n"
-            f"Fix: the keys of `columns:` in {CATALOG_FILE} are the canonical names "
-            f"{list(CANONICAL_COLUMNS)}, the values are the table's column names."
-        )
-    mapping.update(columns or {})
-    fix = (
-        f"check the table's columns, or set `columns:` in the catalog entry in {CATALOG_FILE} "
-        f"to map {list(CANONICAL_COLUMNS)} to the table's column names"
-    )
     try:
         df = spark.read.table(table)
     except AnalysisException as exc:
@@ -334,7 +397,32 @@ def read_ratings_table(
                 f"(USE CATALOG, USE SCHEMA, SELECT), or set `table:` in {CATALOG_FILE}."
             ) from exc
         raise
+    return _read_typed(df, source, columns, rating_range, timestamp_unit)
 
+
+def _read_typed(
+    df: DataFrame,
+    source: str,
+    columns: Mapping[str, str] | None,
+    rating_range: Sequence[float],
+    timestamp_unit: str,
+) -> DataFrame:
+    """The canonical columns of a typed source (a table or parquet files), validated."""
+    low_high = _check_range(rating_range)
+    unit = _check_unit(timestamp_unit)
+    mapping = {c: c for c in CANONICAL_COLUMNS}
+    unknown = sorted(set(columns or {}) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise RatingsFormatError(
+            f"{source}: `columns:` has unknown key(s) {unknown}.\n"
+            f"Fix: the keys of `columns:` in {CATALOG_FILE} are the canonical names "
+            f"{list(CANONICAL_COLUMNS)}, the values are the source's column names."
+        )
+    mapping.update(columns or {})
+    fix = (
+        f"check the source's columns, or set `columns:` in the catalog entry in {CATALOG_FILE} "
+        f"to map {list(CANONICAL_COLUMNS)} to the source's column names"
+    )
     by_name = {f.name.lower(): f for f in df.schema.fields}
     missing = []
     fields: dict[str, T.StructField] = {}
@@ -347,26 +435,37 @@ def read_ratings_table(
     if missing:
         detail = ", ".join(f"`{mapping[c]}` ({c})" for c in missing)
         raise RatingsFormatError(
-            f"{source}: missing column(s) {detail}; the table has columns "
+            f"{source}: missing column(s) {detail}; it has the columns "
             f"{[f.name for f in df.schema.fields]}.\nFix: {fix}."
         )
-
     labels = {c: f"column `{fields[c].name}` ({c})" for c in fields}
     col = {c: F.col(_quote(fields[c].name)) for c in fields}
     raw_text = {c: F.trim(col[c].cast("string")) for c in fields}
+    if "timestamp" in fields:
+        ts_type = fields["timestamp"].dataType
+        if unit == "auto" and not isinstance(ts_type, _DATETIME_TYPES):
+            unit = _detect_unit(
+                df.select(raw_text["timestamp"].alias("t")), "t", labels["timestamp"]
+            )
+        timestamp = _parse_timestamp_column(col["timestamp"], ts_type, unit)
+    else:
+        timestamp = F.lit(None).cast("bigint")
     parsed = {
         "user_id": _parse_id(raw_text["user_id"], integer=False),
         "item_id": _parse_id(raw_text["item_id"], integer=False),
         "rating": (
-            col["rating"].cast("double")
+            F.lit(None).cast("double")
+            if "rating" not in fields
+            else col["rating"].cast("double")
             if isinstance(fields["rating"].dataType, T.NumericType)
             else raw_text["rating"].try_cast("double")
         ),
-        "timestamp": (
-            _parse_timestamp_column(col["timestamp"], fields["timestamp"].dataType)
-            if "timestamp" in fields
-            else F.lit(None).cast("bigint")
+        "event": (
+            F.when(raw_text["event"] != "", raw_text["event"])
+            if "event" in fields
+            else F.lit(None).cast("string")
         ),
+        "timestamp": timestamp,
     }
     frame = df.select(
         *[parsed[c].alias(c) for c in CANONICAL_COLUMNS],
@@ -376,9 +475,19 @@ def read_ratings_table(
         "user_id": "a non-empty id",
         "item_id": "a non-empty id",
         "rating": "a number",
-        "timestamp": "a timestamp (timestamp, date, epoch seconds or 'yyyy-MM-dd HH:mm:ss')",
+        "timestamp": f"a timestamp (timestamp, date, a number in {_UNIT_NAMES.get(unit, unit)} "
+        "or 'yyyy-MM-dd HH:mm:ss')",
     }
-    return validate_ratings(frame, source, low_high, labels=labels, expected=expected, fix=fix)
+    return validate_ratings(
+        frame,
+        source,
+        low_high,
+        labels=labels,
+        expected=expected,
+        fix=fix,
+        required=_required(fields),
+        timestamp_unit=_UNIT_NAMES.get(unit, unit),
+    )
 
 
 def validate_ratings(
@@ -389,8 +498,10 @@ def validate_ratings(
     labels: Mapping[str, str] | None = None,
     expected: Mapping[str, str] | None = None,
     fix: str | None = None,
+    required: Sequence[str] = (*REQUIRED_COLUMNS, "rating"),
+    timestamp_unit: str = "seconds",
 ) -> DataFrame:
-    """Check ratings in ONE aggregating Spark query; raise :class:`RatingsFormatError` if bad.
+    """Check interactions in ONE aggregating Spark query; raise :class:`RatingsFormatError` if bad.
 
     ``df`` must have the canonical columns, already parsed (null where a value did not parse).
     It may also carry the helper columns a reader adds: ``_raw_<column>`` (the trimmed text
@@ -398,9 +509,10 @@ def validate_ratings(
     ``_corrupt_record`` (Spark CSV: the line, when it has the wrong number of fields),
     ``_line`` (the line, for examples) and ``_file`` (the file name, for examples).
 
-    Checks: there are rows; every line has the right number of fields; user, item and rating
-    are present and non-empty; values parse; the rating lies in ``rating_range`` (inclusive);
-    the timestamp parses.
+    Checks: there are rows; every line has the right number of fields; the ``required``
+    columns are present and non-empty; values parse; the rating lies in ``rating_range``
+    (inclusive); the timestamp parses and is possible (not negative, not after today: a
+    timestamp in milliseconds read as seconds is thousands of years ahead).
 
     Args:
         df: the parsed ratings.
@@ -409,6 +521,9 @@ def validate_ratings(
         labels: canonical column -> how to name it in messages (e.g. ``"column `movieId`"``).
         expected: canonical column -> what a value should be (e.g. ``"an integer id"``).
         fix: how to fix a source that does not match, appended to the message.
+        required: canonical columns that must be non-empty on every row.
+        timestamp_unit: what the source's timestamps were read as, for the message on
+            impossible values.
 
     Returns:
         ``df`` restricted to the canonical columns and schema (still lazy).
@@ -459,7 +574,7 @@ def validate_ratings(
                 "check the separator and that no line is cut short or has extra fields",
             )
         )
-    for canon in REQUIRED_COLUMNS:
+    for canon in required:
         raw_name = RAW_PREFIX + canon
         raw = F.col(raw_name) if raw_name in columns else F.col(canon).cast("string")
         empty = raw.isNull() | (F.trim(raw) == "")
@@ -469,7 +584,8 @@ def validate_ratings(
                 "is empty or missing",
                 whole_line & empty,
                 example(line_text),
-                "every rating needs a user, an item and a rating",
+                "every interaction needs "
+                + ", ".join(f"a {c.removesuffix('_id')}" for c in required),
             )
         )
         if raw_name in columns:
@@ -508,6 +624,19 @@ def validate_ratings(
             )
         )
 
+    now = int(time.time()) + FUTURE_SLACK_S
+    ts = F.col("timestamp")
+    checks.append(
+        (
+            labels["timestamp"],
+            f"is impossible when read as {timestamp_unit} (negative, or after today)",
+            whole_line & ts.isNotNull() & ((ts < 0) | (ts > now)),
+            example(F.col(raw_ts) if raw_ts in columns else ts.cast("string")),
+            "declare the unit the timestamps count in: `timestamp_unit:` "
+            f"{', '.join(TIMESTAMP_UNITS)} in the catalog entry in {CATALOG_FILE}",
+        )
+    )
+
     aggs = [F.count(F.lit(1)).alias("rows")]
     for i, (_, _, cond, ex, _) in enumerate(checks):
         bad = F.when(cond, ex)
@@ -525,7 +654,7 @@ def validate_ratings(
     rows = result["rows"]
     if rows == 0:
         raise RatingsFormatError(
-            f"{head}: no ratings rows (the file, files or table are empty, or hold only a "
+            f"{head}: no interactions (the file, files or table are empty, or hold only a "
             f"header line).\nFix: check that the download/extraction or the table's load "
             "completed."
         )
@@ -543,7 +672,7 @@ def validate_ratings(
         problems.append(text)
     if problems:
         raise RatingsFormatError(
-            f"{head}: {len(problems)} problem(s) in the ratings:\n"
+            f"{head}: {len(problems)} problem(s) in the interactions:\n"
             + "\n".join(problems)
             + f"\nFix: {fix}."
         )
@@ -560,13 +689,133 @@ _DEFAULT_EXPECTED = {
     "user_id": "a non-empty id",
     "item_id": "a non-empty id",
     "rating": "a number",
+    "event": "an event type",
     "timestamp": "a timestamp",
+}
+_UNIT_NAMES = {
+    "epoch": "seconds",
+    "epoch_float": "seconds",
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "datetime": "datetime text (integers as seconds)",
 }
 _TIMESTAMP_EXPECTED = {
     "epoch": "an integer number of seconds since the epoch",
     "epoch_float": "a number of seconds since the epoch",
     "datetime": "a datetime 'yyyy-MM-dd HH:mm:ss' (UTC) or integer epoch seconds",
+    **{
+        unit: f"a number of {name} since the epoch (`timestamp_unit: {unit}`)"
+        for unit, name in _UNIT_NAMES.items()
+        if unit in _PER_SECOND
+    },
 }
+_DATETIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)
+
+
+def _check_unit(unit: str) -> str:
+    if unit not in TIMESTAMP_UNITS:
+        raise RatingsFormatError(
+            f"Unknown timestamp unit {unit!r}.\nFix: set `timestamp_unit:` in the catalog entry "
+            f"in {CATALOG_FILE} to one of {', '.join(TIMESTAMP_UNITS)}."
+        )
+    return unit
+
+
+def _csv_format(columns: Mapping[str, str] | None, sep: str, unit: str) -> RatingsFormat:
+    """A delimited text file with a header line, its columns named by ``columns``."""
+    unknown = sorted(set(columns or {}) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise RatingsFormatError(
+            f"`columns:` has unknown key(s) {unknown}.\nFix: the keys of `columns:` in "
+            f"{CATALOG_FILE} are the canonical names {list(CANONICAL_COLUMNS)}, the values "
+            "the header's column names."
+        )
+    mapping = {c: c for c in CANONICAL_COLUMNS} | dict(columns or {})
+    return RatingsFormat(
+        name="csv",
+        description=f"a delimited text file (sep {sep!r}) with a header line naming "
+        f"{mapping['user_id']!r} and {mapping['item_id']!r}",
+        sep=sep,
+        header=True,
+        columns=tuple(mapping.items()),
+        optional=frozenset(c for c in ("rating", "event", "timestamp") if c not in (columns or {})),
+        integer_user_ids=False,
+        integer_item_ids=False,
+        timestamp=unit,
+        example=sep.join(mapping[c] for c in CANONICAL_COLUMNS),
+    )
+
+
+def _required(present: Mapping[str, object]) -> tuple[str, ...]:
+    """User and item always; a rating or event column the source has must be complete too."""
+    return (*REQUIRED_COLUMNS, *(c for c in ("rating", "event") if c in present))
+
+
+def _detect_unit(frame: DataFrame, column: str, label: str) -> str:
+    """The unit of a timestamp column, from its largest absolute value (one Spark query):
+    below 1e11 seconds (the year 5138), below 1e14 milliseconds, below 1e17 microseconds,
+    else nanoseconds; values that are not numbers: datetime text."""
+    number = F.col(column).cast("string").try_cast("double")
+    row = frame.agg(
+        F.max(F.abs(number)).alias("largest"),
+        F.count_if(F.col(column).isNotNull() & (F.col(column).cast("string") != "")).alias("n"),
+        F.count(number).alias("numbers"),
+    ).first()
+    if not row["n"] or row["numbers"] < row["n"]:
+        unit = "datetime"
+    else:
+        largest = row["largest"]
+        unit = next(
+            (u for u, bound in (("s", 1e11), ("ms", 1e14), ("us", 1e17)) if largest < bound), "ns"
+        )
+    logger.info(
+        "%s: timestamps read as %s (detected%s); declare `timestamp_unit: %s` in the catalog "
+        "entry to fix it",
+        label,
+        _UNIT_NAMES[unit],
+        f" from the largest value {row['largest']:.0f}" if unit != "datetime" else "",
+        unit,
+    )
+    return unit
+
+
+def _check_headers(
+    spark: SparkSession, files: Sequence[str], first: str | None, spec: RatingsFormat, source: str
+) -> None:
+    """Every file's header names the same columns in the same order as the first file's."""
+    expected = _split_header(first or "", spec)
+    differing = []
+    for path, line in zip(files, _first_lines(spark, files), strict=True):
+        if line is not None and _split_header(line, spec) != expected:
+            differing.append(f"{path.rsplit('/', 1)[-1]}: {_split_header(line, spec)}")
+    if differing:
+        raise RatingsFormatError(
+            f"{source}: {len(differing)} of {len(files)} files have another header than "
+            f"{expected}: " + "; ".join(differing[:MAX_EXAMPLES]) + ".\nFix: every file of "
+            "a folder or glob must have the same columns in the same order (Spark reads each "
+            "line by position); rewrite those files, or read them as separate catalog entries."
+        )
+
+
+def _first_lines(spark: SparkSession, files: Sequence[str]) -> list[str | None]:
+    """The first line of each file: through fsspec (in threads), else one Spark read each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first(path: str) -> str | None:
+        try:
+            import fsspec
+
+            with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as handle:
+                line = handle.readline()
+            return line.rstrip("\r\n") if line else None
+        except Exception:  # a scheme fsspec cannot open here (dbfs:/): ask Spark
+            row = spark.read.text(path).first()
+            return None if row is None else row[0]
+
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        return list(pool.map(first, files))
 
 
 def _get_format(fmt: str) -> RatingsFormat:
@@ -722,9 +971,10 @@ def _parse_id(raw: Column, integer: bool) -> Column:
 def _parse_timestamp_text(raw: Column, kind: str) -> Column:
     if kind == "epoch":
         return F.when(raw.rlike(_INTEGER_TS), raw.try_cast("bigint"))
-    if kind == "epoch_float":
-        seconds = raw.try_cast("double")
-        finite = seconds.isNotNull() & ~F.isnan(seconds) & (F.abs(seconds) < 1e15)
+    if kind in ("epoch_float", *_PER_SECOND):
+        number = raw.try_cast("double")
+        finite = number.isNotNull() & ~F.isnan(number) & (F.abs(number) < 1e21)
+        seconds = number / F.lit(_PER_SECOND.get(kind, 1.0))
         return F.when(finite, F.floor(seconds).cast("bigint"))
     if kind == "datetime":
         utc = F.concat(raw, F.lit("Z")).try_cast("timestamp")
@@ -732,7 +982,7 @@ def _parse_timestamp_text(raw: Column, kind: str) -> Column:
     raise ValueError(f"unknown timestamp kind {kind!r}")
 
 
-def _parse_timestamp_column(col: Column, data_type: T.DataType) -> Column:
+def _parse_timestamp_column(col: Column, data_type: T.DataType, unit: str = "s") -> Column:
     if isinstance(data_type, T.TimestampType):
         return F.unix_seconds(col)
     if isinstance(data_type, T.TimestampNTZType):  # wall-clock time, read as UTC
@@ -741,8 +991,9 @@ def _parse_timestamp_column(col: Column, data_type: T.DataType) -> Column:
         return F.unix_seconds(
             F.concat(col.cast("string"), F.lit(" 00:00:00Z")).try_cast("timestamp")
         )
-    if isinstance(data_type, T.IntegralType):
+    if isinstance(data_type, T.IntegralType) and unit == "s":
         return col.cast("bigint")
     if isinstance(data_type, T.NumericType):
-        return _parse_timestamp_text(col.cast("string"), "epoch_float")
-    return _parse_timestamp_text(F.trim(col.cast("string")), "datetime")
+        return _parse_timestamp_text(col.cast("string"), unit if unit in _PER_SECOND else "s")
+    text = F.trim(col.cast("string"))
+    return _parse_timestamp_text(text, unit if unit in _PER_SECOND else "datetime")

@@ -43,5 +43,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         + evaluation.create_pipeline()
     )
     return Pipeline(
-        stages, namespace=NAMESPACE, inputs={"raw_ratings"}, parameters={"params:launch"}
+        stages, namespace=NAMESPACE, inputs={"raw_interactions"}, parameters={"params:launch"}
     )

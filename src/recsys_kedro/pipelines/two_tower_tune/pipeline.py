@@ -40,6 +40,6 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         stages + tune,
         namespace=NAMESPACE,
-        inputs={"raw_ratings"},
+        inputs={"raw_interactions"},
         parameters={"params:launch"},
     )

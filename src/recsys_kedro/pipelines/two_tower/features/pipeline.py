@@ -1,9 +1,9 @@
-"""Features: indexes, labels, split and statistics, in Spark."""
+"""Features: indexes, split and statistics, in Spark."""
 
 from kedro.pipeline import Pipeline, node
 
 from recsys_kedro.data.interactions import (
-    index_and_label,
+    index_interactions,
     index_items,
     index_users,
     item_popularity,
@@ -17,26 +17,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 index_users,
-                inputs="int_ratings",
+                inputs="int_interactions",
                 outputs="user_index@spark",
                 name="index_users",
             ),
             node(
                 index_items,
-                inputs="int_ratings",
+                inputs="int_interactions",
                 outputs="item_index@spark",
                 name="index_items",
             ),
             node(
-                index_and_label,
-                inputs=[
-                    "int_ratings",
-                    "user_index@spark",
-                    "item_index@spark",
-                    "params:features",
-                ],
+                index_interactions,
+                inputs=["int_interactions", "user_index@spark", "item_index@spark"],
                 outputs="interactions",
-                name="index_and_label",
+                name="index_interactions",
             ),
             node(
                 split_interactions,

@@ -1,18 +1,19 @@
-"""Ingestion: raw ratings (any supported format, or a table) -> clean interactions."""
+"""Ingestion: raw interactions (a ratings file, an event log or a table) -> labelled
+interactions, one per (user, item)."""
 
 from kedro.pipeline import Pipeline, node
 
-from recsys_kedro.data.interactions import deduplicate_ratings
+from .nodes import clean_interactions
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                deduplicate_ratings,
-                inputs=["raw_ratings", "params:ingestion"],
-                outputs="int_ratings",
-                name="deduplicate_ratings",
+                clean_interactions,
+                inputs=["raw_interactions", "params:ingestion"],
+                outputs="int_interactions",
+                name="clean_interactions",
             )
         ],
         namespace="ingestion",
