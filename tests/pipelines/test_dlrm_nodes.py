@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
+from sklearn.metrics import roc_auc_score
 
 from recsys_kedro.hooks import SparkHooks
 from recsys_kedro.models.ranking import (
@@ -135,4 +136,13 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     assert not {"test_n_train", "test_best_epoch", "test_world_size"} & set(mlflow_metrics)
     probabilities = score_frame(model_from_file(checkpoint), test_pd.iloc[:10])
     assert probabilities.shape == (10,) and np.all((probabilities > 0) & (probabilities < 1))
+    # The model and the oracle are scored on the same rows: the test split's, every one.
+    scores = score_frame(model_from_file(checkpoint), test_pd)
+    assert metrics["test_auc"] == pytest.approx(roc_auc_score(test_pd["label"], scores))
+    assert metrics["oracle_auc"] == pytest.approx(
+        roc_auc_score(test_pd["label"], test_pd["p_true"])
+    )
+    assert metrics["oracle_auc"] != pytest.approx(
+        roc_auc_score(val_pd["label"], val_pd["p_true"]), abs=1e-9
+    )  # (so the check above can tell the splits apart)
     assert len(figure.axes) == 2  # AUC against the oracle line, losses

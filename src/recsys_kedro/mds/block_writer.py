@@ -48,6 +48,7 @@ from recsys_kedro.mds.block_format import (
     values_column,
 )
 from recsys_kedro.mds.writer import (
+    SHARD_HASH,
     MDSExportError,
     MDSFolder,
     _check_columns,
@@ -582,6 +583,7 @@ def write_mds_blocks(
         "columns": mds_columns,
         "compression": compression,
         "size_limit": size_limit,
+        "hashes": [SHARD_HASH],
     }
     try:
         # udf_iterable: samples of exact dtypes, one per block (it also skips Mosaic's

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INDEX_BASENAME = "index.json"
+#: The content hash Mosaic's writer records for every shard in ``index.json``: what a training
+#: run's fingerprint identifies the data by (the same rows with other labels are other data).
+SHARD_HASH = "sha256"
 
 # Paths without a URL scheme that are nevertheless shared storage (FUSE mounts) on Databricks:
 # Unity Catalog volumes and the legacy DBFS mount. They are written through a local cache.
@@ -307,6 +310,7 @@ def write_mds(
         "columns": columns,
         "compression": compression,
         "size_limit": size_limit,
+        "hashes": [SHARD_HASH],
     }
     dataframe_to_mds(selected, merge_index=True, mds_kwargs=mds_kwargs)
 

@@ -6,7 +6,9 @@ benchmark): it launches :func:`~recsys_kedro.training.trainer.fit` on the ranks 
 that crosses from the ranks to the driver: rank 0 writes the gathered model to a unique
 staging file, which this module reads back and deletes, failure or not. The resume
 checkpoints are the trainer's (it creates, prunes and, after success, removes them); this
-module only names their folder, by the run's fingerprint.
+module names their folder by the run's fingerprint (a hash of the model, the settings and
+the data's content) and writes what went into it there (``run.json``), so a run that does
+not resume another run's checkpoints says what changed.
 
 Settings come in two halves with different owners: :class:`OptimSettings` is per model (what
 a run computes), :class:`LaunchSettings` is per environment (where and how it runs: ranks,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +28,13 @@ from typing import Any
 import fsspec
 
 from recsys_kedro.mds import MDSFolder
+from recsys_kedro.mds.writer import SHARD_HASH
 from recsys_kedro.models.model_file import load_model_file
-from recsys_kedro.training.checkpointing import CheckpointPolicy
+from recsys_kedro.training.checkpointing import CheckpointPolicy, complete_checkpoints
 from recsys_kedro.training.launch import launch, resolve_use_gpu
 from recsys_kedro.training.trainer import ModelSpec, TrainConfig, fit
+
+logger = logging.getLogger(__name__)
 
 
 def _known(cls: type, values: dict[str, Any], *, strict: bool) -> dict[str, Any]:
@@ -176,28 +182,117 @@ class TrainingFailed(RuntimeError):
         self.resumes_from = resumes_from
 
 
+#: In every run's checkpoint folder: what the run computes (the fingerprint's input), so a
+#: later run can say why it does not resume another run's checkpoints.
+RUN_FILE = "run.json"
+
+
 def _folder_identity(folder: MDSFolder) -> dict[str, Any]:
-    """What identifies an exported folder's content: its description and its MDS index."""
+    """What identifies an exported folder's content: its description and the samples and
+    content hash of every shard, in the index's order (the exporter records the hashes; a
+    folder written without them has its shard files hashed here)."""
     fs, root = fsspec.core.url_to_fs(folder.remote or folder.local)
-    index = f"{root.rstrip('/')}/index.json"
-    digest = hashlib.sha256(fs.cat_file(index)).hexdigest() if fs.exists(index) else None
-    return {**dataclasses.asdict(folder), "local": None, "index_sha256": digest}
+    root = root.rstrip("/")
+    index = f"{root}/index.json"
+    shards: list[Any] | None = None
+    if fs.exists(index):
+        shards = []
+        for shard in json.loads(fs.cat_file(index))["shards"]:
+            stored = shard.get("zip_data") or shard["raw_data"]
+            digest = (stored.get("hashes") or {}).get(SHARD_HASH)
+            if digest is None:
+                digest = hashlib.sha256(fs.cat_file(f"{root}/{stored['basename']}")).hexdigest()
+            # not the basename: Mosaic names each partition's sub-folder by its Spark task,
+            # so the same rows exported twice land under other names
+            shards.append([shard["samples"], digest])
+    return {**dataclasses.asdict(folder), "local": None, "shards": shards}
+
+
+def run_identity(
+    model_spec: dict[str, Any], settings: TrainSettings, **folders: MDSFolder
+) -> dict[str, Any]:
+    """What a training run computes: the model, the optimisation settings, the launch
+    settings that shape the batches and the data's content, per named folder (``train=``,
+    ``validation=``); not where the data are or how verbosely it runs."""
+    return json.loads(
+        json.dumps(
+            {
+                "spec": model_spec,
+                "training": {**dataclasses.asdict(settings.optim), **settings.launch.identity()},
+                "data": {name: _folder_identity(folder) for name, folder in folders.items()},
+            },
+            sort_keys=True,
+            default=str,
+        )
+    )
 
 
 def run_fingerprint(
-    model_spec: dict[str, Any], settings: TrainSettings, *folders: MDSFolder
+    model_spec: dict[str, Any], settings: TrainSettings, **folders: MDSFolder
 ) -> str:
-    """A short hash of what a training run computes: the model, the optimisation settings,
-    the launch settings that shape the batches and the data (not where or how verbosely it
-    runs). Checkpoints live in a folder named by it, so a run resumes only from checkpoints
-    of the same model, settings and data."""
-    what = {
-        "spec": model_spec,
-        "training": {**dataclasses.asdict(settings.optim), **settings.launch.identity()},
-        "data": [_folder_identity(folder) for folder in folders],
-    }
-    text = json.dumps(what, sort_keys=True, default=str)
+    """A short hash of :func:`run_identity`. Checkpoints live in a folder named by it, so a
+    run resumes only from checkpoints of the same model, settings and data: the same rows
+    with other labels (another label rule upstream) are other data."""
+    return _fingerprint(run_identity(model_spec, settings, **folders))
+
+
+def _fingerprint(identity: dict[str, Any]) -> str:
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two runs' identities, in words (``[]``: the same run)."""
+    out = []
+    if old.get("spec") != new.get("spec"):
+        out.append("the model spec")
+    old_training, new_training = old.get("training", {}), new.get("training", {})
+    changed = sorted(
+        k
+        for k in set(old_training) | set(new_training)
+        if old_training.get(k) != new_training.get(k)
+    )
+    if changed:
+        out.append(f"the training setting(s) {changed}")
+    old_data, new_data = old.get("data", {}), new.get("data", {})
+    out += [
+        f"the {name} data"
+        for name in sorted(set(old_data) | set(new_data))
+        if old_data.get(name) != new_data.get(name)
+    ]
+    return out
+
+
+def explain_fresh_start(
+    checkpoints_root: str, fingerprint: str, identity: dict[str, Any]
+) -> list[str]:
+    """Record this run's identity in its folder and, when it has no checkpoint to resume,
+    say why the checkpoints of other runs under the same root are not resumed."""
+    fs, root = fsspec.core.url_to_fs(checkpoints_root)
+    root = root.rstrip("/")
+    own = f"{root}/{fingerprint}"
+    fs.makedirs(own, exist_ok=True)
+    with fs.open(f"{own}/{RUN_FILE}", "w") as handle:
+        json.dump(identity, handle, indent=1, sort_keys=True)
+    if complete_checkpoints(f"{checkpoints_root.rstrip('/')}/{fingerprint}"):
+        return []
+    notes = []
+    for other in sorted(fs.ls(root, detail=False)):
+        name = other.rstrip("/").rsplit("/", 1)[-1]
+        run_file = f"{other.rstrip('/')}/{RUN_FILE}"
+        if name == fingerprint or not fs.exists(run_file):
+            continue
+        if not complete_checkpoints(f"{checkpoints_root.rstrip('/')}/{name}"):
+            continue
+        differences = identity_differences(json.loads(fs.cat_file(run_file)), identity)
+        what = ", ".join(differences) or "another fingerprint"
+        notes.append(
+            f"the checkpoints in {other} are of another run ({what} changed since): not "
+            f"resumed; this run (fingerprint {fingerprint}) starts fresh"
+        )
+    for note in notes:
+        logger.info(note)
+    return notes
 
 
 def _checkpoint_policy(
@@ -274,11 +369,16 @@ def train(
         config = _config(spec, train_mds, validation_mds, settings, use_gpu)
         policy, fingerprint = None, None  # no checkpoints: nothing is named by a fingerprint
         if checkpoints_root is not None and launch_settings.checkpoints is not None:
-            fingerprint = run_fingerprint(model_spec, settings, train_mds, validation_mds)
+            identity = run_identity(
+                model_spec, settings, train=train_mds, validation=validation_mds
+            )
+            fingerprint = _fingerprint(identity)
             policy = _checkpoint_policy(launch_settings.checkpoints, checkpoints_root, fingerprint)
             config = dataclasses.replace(config, checkpoints=policy)
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc
+    if policy is not None and policy.resume:
+        explain_fresh_start(checkpoints_root, fingerprint, identity)
     fs, staged = fsspec.core.url_to_fs(config.model_path)
     try:
         result = launch(

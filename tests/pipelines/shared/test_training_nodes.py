@@ -12,7 +12,13 @@ from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.pipelines.shared.training.nodes import plot_training_curves, train_model
 from recsys_kedro.pipelines.two_tower.nodes import two_tower_spec
 from recsys_kedro.training.checkpointing import complete_checkpoints
-from recsys_kedro.training.run import TrainSettings, run_fingerprint
+from recsys_kedro.training.run import (
+    TrainSettings,
+    explain_fresh_start,
+    identity_differences,
+    run_fingerprint,
+    run_identity,
+)
 from recsys_kedro.training.specs import spec_from_dict
 
 COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "rating": "float32"}
@@ -55,13 +61,15 @@ def _split(spark, rng, n, n_users, n_items):
     return spark.createDataFrame(rows, "user_idx long, item_idx long, label int, rating float")
 
 
-def test_train_model_node_outputs_checkpoints_and_a_rerun_that_resumes(spark, tmp_path):
+def test_train_model_node_outputs_checkpoints_and_a_rerun_that_resumes(spark, tmp_path, caplog):
     """One node run through TorchDistributor (2 local ranks), then the same node again: its
-    outputs, its checkpoints per run fingerprint, and a re-run that resumes. (The row layout's
-    training path is covered in tests/training/test_two_tower_train.py.)"""
+    outputs, its checkpoints per run fingerprint, what a run on other data says of them, and
+    a re-run on the same data that resumes. (The row layout's training path is covered in
+    tests/training/test_two_tower_train.py.)"""
     rng = np.random.default_rng(0)
     blocks = dict(columns=COLUMNS, block_rows=64)
-    train = write_mds_blocks(_split(spark, rng, 600, 10, 12), path=str(tmp_path / "t"), **blocks)
+    train_rows = _split(spark, rng, 600, 10, 12)
+    train = write_mds_blocks(train_rows, path=str(tmp_path / "t"), **blocks)
     val = write_mds_blocks(_split(spark, rng, 100, 10, 12), path=str(tmp_path / "v"), **blocks)
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
     keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
@@ -92,19 +100,41 @@ def test_train_model_node_outputs_checkpoints_and_a_rerun_that_resumes(spark, tm
     figure = plot_training_curves(first)
     assert len(figure.axes) == 4  # loss, AUC, recall@10, ndcg@10
 
-    run_dir = root / first["run_fingerprint"]
+    first_dir = root / first["run_fingerprint"]
     assert first["resumed_from_step"] is None and first["checkpoints_saved"] > 2
-    assert 1 <= len(complete_checkpoints(str(run_dir))) <= 2  # keep_last=1 (+ the best epoch's)
+    assert 1 <= len(complete_checkpoints(str(first_dir))) <= 2  # keep_last=1 (+ the best epoch's)
+
+    # The same rows, folder, row count and shard sizes, with the labels flipped (what another
+    # label rule upstream gives): another run, which does not resume these checkpoints (they
+    # are in another folder) and says why, as train() does before it launches.
+    flipped = train_rows.withColumn("label", 1 - train_rows["label"])
+    other = write_mds_blocks(flipped, path=str(tmp_path / "t"), **blocks)
+    settings = TrainSettings.from_params(params, launch)
+    identity = run_identity(spec, settings, train=other, validation=val)
+    fingerprint = run_fingerprint(spec, settings, train=other, validation=val)
+    assert fingerprint != first["run_fingerprint"]
+    with caplog.at_level("INFO", logger="recsys_kedro.training.run"):
+        notes = explain_fresh_start(str(root), fingerprint, identity)
+    assert notes == [
+        f"the checkpoints in {first_dir} are of another run (the train data changed since): "
+        f"not resumed; this run (fingerprint {fingerprint}) starts fresh"
+    ]
+    assert notes[0] in caplog.text and (root / fingerprint / "run.json").is_file()
+    train = write_mds_blocks(train_rows, path=str(tmp_path / "t"), **blocks)  # back again
+    # ... is the first run's data again: exported anew (other shard names), the same content
+    assert run_fingerprint(spec, settings, train=train, validation=val) == first["run_fingerprint"]
+    assert identity_differences(identity, identity) == []
+
     # The same model, settings and data: the re-run continues after the last checkpoint (the
     # end of the last epoch), so nothing is trained again and the result is the same. It keeps
     # the default (keep_after_success: false, not part of the fingerprint), so once its model
-    # is saved the checkpoints go.
+    # is saved its checkpoints go.
     launch = _launch(tmp_path, checkpoints=dict(keep, keep_after_success=False))
     _, _, again = train_model(train, val, spec, params, launch, str(root))
     assert again["resumed_from_step"] == first["steps"] and again["steps"] == first["steps"]
     assert again["history"] == first["history"] and again["best_epoch"] == first["best_epoch"]
     assert again["run_fingerprint"] == first["run_fingerprint"]
-    assert not run_dir.exists()
+    assert not first_dir.exists()
 
 
 def test_run_fingerprint_follows_what_is_computed_not_how_it_is_launched(tmp_path):
