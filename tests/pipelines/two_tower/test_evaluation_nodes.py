@@ -85,6 +85,26 @@ def test_a_perfect_model_beats_popularity():
     assert [len(ax.get_lines()) for ax in figure.axes] == [2, 2]
 
 
+def test_implicit_data_has_ranking_metrics_and_no_auc():
+    """Every interaction of an implicit log is a positive: AUC is undefined, and left out."""
+    users = _frame("user_idx", [[1, 0], [0, 1]])
+    items = _frame("item_idx", [[0.1, 0.1], [0.2, 0.2], [-1, 1], [1, -1]])
+    test = _pairs([(0, 3, 1), (1, 2, 1)])
+    popularity = pd.DataFrame({"item_idx": [0, 1, 2, 3], "n_positive": [2, 1, 0, 0]})
+    stats = {
+        "n_users": 2,
+        "n_items": 4,
+        **{s: {"interactions": 2} for s in ("train", "validation", "test")},
+    }
+    summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 2}
+    metrics, mlflow_metrics, _, _ = evaluate_retrieval(
+        users, items, _pairs([(0, 0, 1), (1, 1, 1)]), _pairs([(0, 1, 1)]), test, popularity,
+        stats, summary, ALS_OFF, PARAMS,
+    )  # fmt: skip
+    assert "test_auc" not in metrics and "test_test_auc" not in mlflow_metrics
+    assert metrics["recall@1"] == 1.0
+
+
 def test_non_contiguous_embeddings_are_rejected():
     users = pd.DataFrame({"user_idx": [0, 2], "embedding": [np.zeros(2), np.zeros(2)]})
     with pytest.raises(ValueError, match="not contiguous"):

@@ -243,7 +243,12 @@ def evaluate_retrieval(
         users[test["user_idx"].to_numpy(np.int64)],
         items[test["item_idx"].to_numpy(np.int64)],
     )
-    metrics: dict[str, Any] = {"test_auc": auc(test["label"].to_numpy(), test_scores)}
+    labels = test["label"].to_numpy()
+    metrics: dict[str, Any] = {}
+    if 0 < labels.sum() < labels.size:
+        metrics["test_auc"] = auc(labels, test_scores)
+    else:  # implicit data: every kept interaction is a positive, so no AUC (ranking only)
+        logger.info("test AUC left out: the test split's labels are all %d", int(labels[0]))
     for k in ks:
         for name in ("recall", "ndcg"):
             metrics[f"{name}@{k}"] = model_metrics[f"{name}@{k}"]
@@ -268,8 +273,8 @@ def evaluate_retrieval(
         f" | ALS {metrics[f'als_recall@{k}']:.4f} / {metrics[f'als_ndcg@{k}']:.4f}" if als else ""
     )
     logger.info(
-        "test AUC %.4f; recall@%d / ndcg@%d: two-tower %.4f / %.4f | popularity %.4f / %.4f%s",
-        metrics["test_auc"],
+        "test AUC %s; recall@%d / ndcg@%d: two-tower %.4f / %.4f | popularity %.4f / %.4f%s",
+        f"{metrics['test_auc']:.4f}" if "test_auc" in metrics else "-",
         k,
         k,
         metrics[f"recall@{k}"],
