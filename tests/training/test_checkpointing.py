@@ -10,6 +10,8 @@ trained on after the checkpoint, none twice, none skipped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -220,6 +222,16 @@ def test_each_rank_writes_its_own_shards_and_old_checkpoints_are_pruned(uninterr
         ranks = placement.split("ranks ")[1].strip("[]").split(",")
         expected = {f"__{int(r)}_0.distcp" for r in ranks}
         assert files_by_table[table] == expected, (table, placement)
+    # The marker holds the hash of every other file; the trainer's state is plain JSON.
+    latest = Path(kept[-1])
+    marker = json.loads((latest / COMPLETE).read_text())
+    files = {p.name for p in latest.iterdir()} - {COMPLETE}
+    assert set(marker["sha256"]) == files and {".metadata", "TRAINER.json"} <= files
+    assert (
+        marker["sha256"]["TRAINER.json"]
+        == hashlib.sha256((latest / "TRAINER.json").read_bytes()).hexdigest()
+    )
+    assert json.loads((latest / "TRAINER.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.resume
@@ -271,6 +283,20 @@ def test_resume_refuses_another_batch_size(data, uninterrupted, tmp_path):
     config = _config(data, tmp_path, batch_size=32)
     with pytest.raises(Exception, match="batch_size=64, this run has batch_size=32"):
         _run(_spec_for(tmp_path / "records"), config, tmp_path / "out")
+
+
+@pytest.mark.resume
+def test_a_tampered_checkpoint_is_refused_before_it_is_read(data, uninterrupted, tmp_path):
+    shutil.copytree(uninterrupted["root"] / "checkpoints", tmp_path / "checkpoints")
+    latest = Path(latest_complete(str(tmp_path / "checkpoints")))
+    shard = latest / "__1_0.distcp"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # one byte of rank 1's tables
+    shard.write_bytes(bytes(content))
+    with pytest.raises(
+        Exception, match=r"does not match its COMPLETE.json.*__1_0.distcp has changed"
+    ):
+        _run(_spec_for(tmp_path / "records"), _config(data, tmp_path), tmp_path / "out")
 
 
 @pytest.mark.resume

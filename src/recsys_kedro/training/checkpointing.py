@@ -6,16 +6,25 @@ one folder per save, named by the global training step after which it was taken 
 at an epoch's end, after validation; it supersedes a mid-epoch one of the same step)::
 
     <directory>/step_000000120_end/
-        __0_0.distcp  __1_0.distcp  ...   one file per rank (DCP)
+        __0_0.distcp  __1_0.distcp  ...   one file per rank (DCP): tensors only
         .metadata                         DCP's index, written once every rank's files are
+        TRAINER.json                      the loop's own state (below), plain JSON
         COMPLETE.json                     written last, by rank 0, after DCP returned on every
-                                          rank: a folder without it is never loaded
+                                          rank, with the SHA-256 of every other file: a
+                                          folder without it is never loaded
 
-Besides the model and the optimizer, a checkpoint holds the loop's own state as one JSON
-string (``"trainer"``): the epoch and step, the history so far, the best epoch and, for every
-rank, its loader state (``BlockBatchLoader.state_dict()``), its sampler generator state and its
+Besides the model and the optimizer, a checkpoint holds the loop's own state in
+``TRAINER.json``: the epoch and step, the history so far, the best epoch and, for every rank,
+its loader state (``BlockBatchLoader.state_dict()``), its sampler generator state and its
 partial sums of the epoch in progress. Every rank's share is gathered (a few hundred bytes) so
 the same value is written once, and on resume each rank takes its own.
+
+**What is trusted.** DCP's ``.metadata`` is a pickle, and a pickle can run code when it is
+loaded. So before anything of a checkpoint is read, every file is checked against the hashes
+in its ``COMPLETE.json`` (the ranks share the reading) and a checkpoint with a missing, extra
+or changed file, or a marker without hashes, is refused. This catches corruption and a file
+swapped or edited in a shared folder; it does not stop someone who can also rewrite
+``COMPLETE.json``: the checkpoint folder must be writable by the training job alone.
 
 The caller chooses the directory; keep one directory per training configuration (a different
 model or data would not load, or worse, would load).
@@ -24,6 +33,7 @@ model or data would not load, or worse, would load).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -39,7 +49,8 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE.json"
-STATE_VERSION = 1
+TRAINER = "TRAINER.json"
+STATE_VERSION = 2  # 2: the trainer state in TRAINER.json and file hashes in the marker
 _STEP_DIR = re.compile(r"^step_(\d+)(_end)?$")
 
 
@@ -157,6 +168,35 @@ def _materialize_optimizer_state(optimizer: Any) -> None:
             part.init_state()
 
 
+class CheckpointIntegrityError(RuntimeError):
+    """A checkpoint whose files do not match the hashes in its completion marker."""
+
+
+def _sha256(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shared_hashes(path: str, names: list[str]) -> dict[str, str]:
+    """The SHA-256 of ``names`` in folder ``path``, each rank hashing its share (a collective:
+    a checkpoint is read once in all, not once per rank)."""
+    fs, root = fsspec.core.url_to_fs(path)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = {name: _sha256(fs, f"{root}/{name}") for name in names[rank::world]}
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return {name: digest for part in gathered for name, digest in part.items()}
+
+
+def _files(path: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(path)
+    names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=False)]
+    return sorted(name for name in names if name != COMPLETE)
+
+
 def save_checkpoint(
     path: str,
     model: nn.Module,
@@ -164,7 +204,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
 ) -> str:
     """Write a sharded checkpoint to the new folder ``path`` on every rank (a collective) and
-    mark it complete.
+    mark it complete, with the hash of every file it holds.
 
     ``trainer_state`` must be the same on every rank (gather rank-local parts first) and
     JSON-serialisable. Returns ``path``.
@@ -175,15 +215,17 @@ def save_checkpoint(
     if fs.exists(f"{root}/{COMPLETE}"):
         raise FileExistsError(f"{path} is already a complete checkpoint; not overwriting it")
     start = time.perf_counter()
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "trainer": json.dumps({"version": STATE_VERSION, **trainer_state}),
-    }
-    dcp.save(state, checkpoint_id=path)
+    dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint_id=path)
+    names: list[Any] = [None]
     if dist.get_rank() == 0:
-        marker = {"epoch": trainer_state.get("epoch"), "saved_at": time.time()}
-        with fsspec.open(f"{path}/{COMPLETE}", "w") as f:
+        with fs.open(f"{root}/{TRAINER}", "w") as f:
+            json.dump({"version": STATE_VERSION, **trainer_state}, f)
+        names = [_files(path)]
+    dist.broadcast_object_list(names, src=0)
+    hashes = _shared_hashes(path, names[0])
+    if dist.get_rank() == 0:
+        marker = {"epoch": trainer_state.get("epoch"), "saved_at": time.time(), "sha256": hashes}
+        with fs.open(f"{root}/{COMPLETE}", "w") as f:
             json.dump(marker, f)
     # Nobody moves on (and possibly prunes or stops) before the marker exists.
     dist.barrier()
@@ -191,29 +233,61 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-    """Load a complete checkpoint into ``model`` and ``optimizer`` in place, on every rank (a
-    collective); return the trainer state saved with it."""
-    import torch.distributed.checkpoint as dcp
+def verify_checkpoint(path: str) -> None:
+    """Check every file of a complete checkpoint against the hashes in its marker, before any
+    of it is read (a collective).
 
+    Raises:
+        CheckpointIntegrityError: on every rank, naming each missing, extra or changed file.
+    """
     fs, root = fsspec.core.url_to_fs(path)
     if not fs.exists(f"{root}/{COMPLETE}"):
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE})")
+    expected = json.loads(fs.cat_file(f"{root}/{COMPLETE}")).get("sha256")
+    if not isinstance(expected, dict) or not expected:
+        raise CheckpointIntegrityError(
+            f"{path}: its {COMPLETE} lists no file hashes (written by an older version, or not "
+            "by this trainer), so it cannot be verified and is not loaded; delete the folder "
+            "(or set checkpoints.resume: false) to start over"
+        )
+    present = _files(path)
+    problems = [f"{name} is missing" for name in sorted(set(expected) - set(present))]
+    problems += [f"{name} is not in the marker" for name in sorted(set(present) - set(expected))]
+    found = _shared_hashes(path, sorted(set(expected) & set(present)))
+    problems += [
+        f"{name} has changed" for name, digest in found.items() if digest != expected[name]
+    ]
+    if problems:
+        raise CheckpointIntegrityError(
+            f"{path} does not match its {COMPLETE} and is not loaded: {'; '.join(problems)}. "
+            "The files were corrupted or changed after the checkpoint was written; delete the "
+            "folder (or set checkpoints.resume: false) to start over"
+        )
+
+
+def load_checkpoint(path: str, model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """Verify a complete checkpoint, load it into ``model`` and ``optimizer`` in place, on
+    every rank (a collective); return the trainer state saved with it."""
+    import torch.distributed.checkpoint as dcp
+
+    verify_checkpoint(path)
     _materialize_optimizer_state(optimizer)
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "trainer": ""}
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    trainer = json.loads(state["trainer"])
+    fs, root = fsspec.core.url_to_fs(path)
+    trainer = json.loads(fs.cat_file(f"{root}/{TRAINER}"))
     if trainer.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: unknown trainer state version {trainer.get('version')!r}")
     return trainer
 
 
 def load_model_weights(path: str, model: nn.Module) -> None:
-    """Load only the model's weights from a complete checkpoint (a collective)."""
+    """Verify a complete checkpoint and load only the model's weights (a collective)."""
     import torch.distributed.checkpoint as dcp
 
+    verify_checkpoint(path)
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
