@@ -300,6 +300,15 @@ def test_a_tampered_checkpoint_is_refused_before_it_is_read(data, uninterrupted,
 
 
 @pytest.mark.resume
+def test_a_checkpoint_that_cannot_be_written_names_its_folder_and_the_free_space(data, tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the folder should be")
+    with pytest.raises(
+        Exception, match=r"writing the checkpoint .*checkpoints/step_\d+ failed.*MB free"
+    ):
+        _run(_spec_for(tmp_path / "records"), _config(data, tmp_path), tmp_path / "out")
+
+
+@pytest.mark.resume
 def test_a_raising_rank_fails_the_run_promptly(data, tmp_path):
     spec = _spec_for(tmp_path / "records", fail_rank=1, fail_at=5, fail_how="raise")
     start = time.perf_counter()

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_kedro.training.launch import launch, resolve_use_gpu
+from recsys_kedro.training.launch import (
+    _failure_message,
+    _outcomes,
+    _RankGuard,
+    _writable,
+    launch,
+    resolve_use_gpu,
+)
 
 
 def test_launch_returns_the_agreed_result_of_all_ranks(spark):
@@ -85,3 +92,27 @@ def test_launch_and_gpu_resolution_validate_their_arguments():
     assert resolve_use_gpu(False) is False
     assert resolve_use_gpu(True) is True
     assert isinstance(resolve_use_gpu(None), bool)
+
+
+def test_a_rank_that_cannot_write_its_outcome_still_reports_its_own_error(tmp_path, capsys):
+    """The outcome folder cannot be written (here: a path under a file; a full disk is the
+    same OSError): the rank's report goes to its fallback folder with what went wrong, the
+    driver still quotes the rank's own exception, and a probe of the folder says why."""
+    (tmp_path / "file").write_text("x")
+    outcomes = str(tmp_path / "file" / "ranks-1")
+
+    def fail() -> None:
+        raise ValueError("the rank's own error")
+
+    with pytest.raises(ValueError, match="the rank's own error"):  # not the OSError
+        _RankGuard(fail, outcomes)()
+    assert "could not write the rank outcome" in capsys.readouterr().err
+    errors, silent = _outcomes(outcomes, 2)
+    assert [e["error"] for e in errors] == ["ValueError: the rank's own error"] and silent == [1]
+    problem = _writable(outcomes)
+    assert problem.startswith(f"the outcome folder {outcomes} cannot be written")
+    assert "MB free on its file system" in problem
+    message = _failure_message(errors, silent, None, problem)
+    assert "rank 0 (" in message and "raised ValueError: the rank's own error" in message
+    assert f"could not report to {outcomes}: NotADirectoryError" in message
+    assert "rank(s) [1] left no outcome, and the outcome folder" in message

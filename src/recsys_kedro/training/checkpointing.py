@@ -38,6 +38,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +174,54 @@ class CheckpointIntegrityError(RuntimeError):
     """A checkpoint whose files do not match the hashes in its completion marker."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, a folder that is not writable)."""
+
+
+def _write_error(path: str, exc: BaseException) -> str:
+    from recsys_kedro.training.storage import free_space
+
+    return (
+        f"writing the checkpoint {path} failed: {_first_cause(exc)} "
+        f"({free_space(path)}); free space there, or point the checkpoints elsewhere"
+    )
+
+
+def _first_cause(exc: BaseException) -> str:
+    """DCP's ``CheckpointException`` holds every rank's exception and traceback: the first
+    rank's exception is the story."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank, wrapped = min(failures.items())
+        inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+        return f"{type(inner).__name__} on rank {rank}: {inner}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """A failed DCP load as an ``Exception`` that names the checkpoint (DCP raises a
+    ``BaseException``, which the trainer's failure handling would not see)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as exc:
+        raise RuntimeError(f"reading the checkpoint {path} failed: {_first_cause(exc)}") from exc
+
+
+@contextmanager
+def _naming_the_path(path: str) -> Iterator[None]:
+    """DCP's own errors name neither the folder nor the free space: add both. (Its
+    ``CheckpointException`` is a ``BaseException``, which ``except Exception`` misses.)"""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except (Exception, CheckpointException) as exc:
+        raise CheckpointWriteError(_write_error(path, exc)) from exc
+
+
 def _sha256(fs: Any, path: str) -> str:
     digest = hashlib.sha256()
     with fs.open(path, "rb") as handle:
@@ -215,18 +265,33 @@ def save_checkpoint(
     if fs.exists(f"{root}/{COMPLETE}"):
         raise FileExistsError(f"{path} is already a complete checkpoint; not overwriting it")
     start = time.perf_counter()
-    dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, checkpoint_id=path)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    with _naming_the_path(path):
+        dcp.save(state, checkpoint_id=path)  # a rank that fails it fails it on every rank
     names: list[Any] = [None]
+    problem: list[Any] = [None]
     if dist.get_rank() == 0:
-        with fs.open(f"{root}/{TRAINER}", "w") as f:
-            json.dump({"version": STATE_VERSION, **trainer_state}, f)
-        names = [_files(path)]
+        try:
+            with fs.open(f"{root}/{TRAINER}", "w") as f:
+                json.dump({"version": STATE_VERSION, **trainer_state}, f)
+            names = [_files(path)]
+        except OSError as exc:
+            problem = [_write_error(path, exc)]
+    dist.broadcast_object_list(problem, src=0)  # every rank fails with rank 0's reason
+    if problem[0] is not None:
+        raise CheckpointWriteError(problem[0])
     dist.broadcast_object_list(names, src=0)
     hashes = _shared_hashes(path, names[0])
     if dist.get_rank() == 0:
         marker = {"epoch": trainer_state.get("epoch"), "saved_at": time.time(), "sha256": hashes}
-        with fs.open(f"{root}/{COMPLETE}", "w") as f:
-            json.dump(marker, f)
+        try:
+            with fs.open(f"{root}/{COMPLETE}", "w") as f:
+                json.dump(marker, f)
+        except OSError as exc:
+            problem = [_write_error(path, exc)]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise CheckpointWriteError(problem[0])
     # Nobody moves on (and possibly prunes or stops) before the marker exists.
     dist.barrier()
     logger.debug("checkpoint %s written in %.2f s", path, time.perf_counter() - start)
@@ -273,7 +338,8 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: Any) -> dict[str, An
     verify_checkpoint(path)
     _materialize_optimizer_state(optimizer)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    dcp.load(state, checkpoint_id=path)
+    with _reading(path):
+        dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     fs, root = fsspec.core.url_to_fs(path)
@@ -289,5 +355,6 @@ def load_model_weights(path: str, model: nn.Module) -> None:
 
     verify_checkpoint(path)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path)
+    with _reading(path):
+        dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -20,6 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import fsspec
 import torch
+
+from recsys_kedro.training.storage import free_space
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -58,28 +62,89 @@ class _RankGuard(Generic[R]):
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
             }
-            with fsspec.open(f"{self.outcome_dir}/rank{rank}.error", "w") as f:
-                json.dump(report, f)
-            raise
-        with fsspec.open(f"{self.outcome_dir}/rank{rank}.done", "w") as f:
-            f.write("")
+            leave_outcome(self.outcome_dir, f"rank{rank}.error", report)
+            raise  # the rank's own exception, whatever became of its report
+        leave_outcome(self.outcome_dir, f"rank{rank}.done", None)
         return result
 
 
+def _fallback_dir(outcome_dir: str) -> str:
+    """Where a rank leaves its outcome when ``outcome_dir`` cannot take it: the same folder
+    name under this machine's temporary folder (the driver's, in local mode)."""
+    name = outcome_dir.rstrip("/").rsplit("/", 1)[-1]
+    return os.path.join(tempfile.gettempdir(), "recsys-kedro-outcomes", name)
+
+
+def leave_outcome(outcome_dir: str, name: str, report: dict[str, Any] | None) -> None:
+    """Write a rank's outcome file. If the outcome folder cannot take it (disk full, not
+    writable), write it to :func:`_fallback_dir`, with what went wrong, and say so on stderr
+    (the executor's log in cluster mode). Never raises: a rank's own error must not be
+    replaced by the failure to report it."""
+    text = "" if report is None else json.dumps(report)
+    try:
+        with fsspec.open(f"{outcome_dir}/{name}", "w") as f:
+            f.write(text)
+        return
+    except OSError as exc:
+        problem = f"{type(exc).__name__}: {exc} ({free_space(outcome_dir)})"
+    fallback = _fallback_dir(outcome_dir)
+    if report is not None:
+        text = json.dumps({**report, "outcome_write_error": f"{outcome_dir}: {problem}"})
+    try:
+        os.makedirs(fallback, exist_ok=True)
+        with open(os.path.join(fallback, name), "w") as f:
+            f.write(text)
+        where = f"left it in {fallback} instead"
+    except OSError as exc:
+        where = f"nor in {fallback} ({type(exc).__name__}: {exc})"
+    print(
+        f"recsys-kedro: could not write the rank outcome {outcome_dir}/{name}: {problem}; "
+        f"{where}. The outcome: {text[-3000:] or 'returned'}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _outcomes(outcome_dir: str, num_processes: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """The ranks' error reports (first raised first) and the ranks that left no outcome."""
+    """The ranks' error reports (first raised first) and the ranks that left no outcome, in
+    ``outcome_dir`` or, for a rank that could not write there, in its fallback folder."""
     fs, root = fsspec.core.url_to_fs(outcome_dir)
+    fallback = _fallback_dir(outcome_dir)
     errors, silent = [], []
     for rank in range(num_processes):
-        if fs.exists(f"{root}/rank{rank}.error"):
-            with fs.open(f"{root}/rank{rank}.error") as f:
+        error, done = f"rank{rank}.error", f"rank{rank}.done"
+        if fs.exists(f"{root}/{error}"):
+            errors.append(json.loads(fs.cat_file(f"{root}/{error}")))
+        elif os.path.exists(os.path.join(fallback, error)):
+            with open(os.path.join(fallback, error)) as f:
                 errors.append(json.load(f))
-        elif not fs.exists(f"{root}/rank{rank}.done"):
+        elif not (fs.exists(f"{root}/{done}") or os.path.exists(os.path.join(fallback, done))):
             silent.append(rank)
+    shutil.rmtree(fallback, ignore_errors=True)
     return sorted(errors, key=lambda e: e["time"]), silent
 
 
-def _failure_message(errors: list[dict[str, Any]], silent: list[int], cause: str | None) -> str:
+def _writable(folder: str) -> str | None:
+    """``None`` if a file can be written in ``folder``; else what stops it, with the free
+    space (why a rank may have left no outcome there)."""
+    probe = f"{folder.rstrip('/')}/.probe-{uuid.uuid4().hex}"
+    try:
+        fs, path = fsspec.core.url_to_fs(probe)
+        with fs.open(path, "w") as f:
+            f.write("x")
+        fs.rm(path)
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc}; {free_space(folder)}"
+        return f"the outcome folder {folder} cannot be written ({why})"
+    return None
+
+
+def _failure_message(
+    errors: list[dict[str, Any]],
+    silent: list[int],
+    cause: str | None,
+    outcome_problem: str | None = None,
+) -> str:
     """Which rank failed and how: the first exception raised (the others are usually its
     peers failing in a collective once it was gone), with the end of its traceback."""
     lines = ["distributed training failed:"]
@@ -90,7 +155,17 @@ def _failure_message(errors: list[dict[str, Any]], silent: list[int], cause: str
         lines.append("  " + "\n  ".join(tail))
         for other in errors[1:]:
             lines.append(f"then rank {other['rank']} raised {other['error'][:300]}")
-    if silent:
+        for report in errors:
+            if "outcome_write_error" in report:
+                lines.append(
+                    f"(rank {report['rank']} could not report to {report['outcome_write_error']})"
+                )
+    if silent and outcome_problem:
+        lines.append(
+            f"rank(s) {silent} left no outcome, and {outcome_problem}: their errors are in "
+            "the ranks' logs (stderr)"
+        )
+    elif silent:
         lines.append(
             f"rank(s) {silent} stopped without a result or an exception: killed (e.g. out of "
             "memory, `kill -9`, a lost executor) or stopped by the launcher after another rank "
@@ -151,11 +226,13 @@ def launch(
             except Exception as exc:  # TorchDistributor reports an exit code at best
                 errors, silent = _outcomes(outcomes, num_processes) if outcomes else ([], [])
                 cause = f"{type(exc).__name__}: {exc}"
-                raise RuntimeError(_failure_message(errors, silent, cause)) from exc
+                problem = _writable(outcomes) if silent and outcomes else None
+                raise RuntimeError(_failure_message(errors, silent, cause, problem)) from exc
             if outcomes is not None:
                 errors, silent = _outcomes(outcomes, num_processes)
                 if errors or silent:
-                    raise RuntimeError(_failure_message(errors, silent, None))
+                    problem = _writable(outcomes) if silent else None
+                    raise RuntimeError(_failure_message(errors, silent, None, problem))
     logger.info("training finished in %.1f s", time.perf_counter() - start)
     return result
 
@@ -169,7 +246,13 @@ def _outcome_folder(parent: str | None) -> Iterator[str | None]:
         return
     path = f"{parent.rstrip('/')}/ranks-{uuid.uuid4().hex}"
     fs, root = fsspec.core.url_to_fs(path)
-    fs.makedirs(root, exist_ok=True)
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise OSError(
+            f"cannot create the ranks' outcome folder {path}: {type(exc).__name__}: {exc} "
+            f"({free_space(parent)})"
+        ) from exc
     try:
         yield path
     finally:

@@ -32,6 +32,7 @@ from recsys_kedro.mds.writer import SHARD_HASH
 from recsys_kedro.models.model_file import load_model_file
 from recsys_kedro.training.checkpointing import CheckpointPolicy, complete_checkpoints
 from recsys_kedro.training.launch import launch, resolve_use_gpu
+from recsys_kedro.training.storage import free_space
 from recsys_kedro.training.trainer import ModelSpec, TrainConfig, fit
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,15 @@ def explain_fresh_start(
     fs, root = fsspec.core.url_to_fs(checkpoints_root)
     root = root.rstrip("/")
     own = f"{root}/{fingerprint}"
-    fs.makedirs(own, exist_ok=True)
-    with fs.open(f"{own}/{RUN_FILE}", "w") as handle:
-        json.dump(identity, handle, indent=1, sort_keys=True)
+    try:
+        fs.makedirs(own, exist_ok=True)
+        with fs.open(f"{own}/{RUN_FILE}", "w") as handle:
+            json.dump(identity, handle, indent=1, sort_keys=True)
+    except OSError as exc:
+        raise OSError(
+            f"cannot write to the checkpoint folder {checkpoints_root}/{fingerprint}: "
+            f"{type(exc).__name__}: {exc} ({free_space(checkpoints_root)})"
+        ) from exc
     if complete_checkpoints(f"{checkpoints_root.rstrip('/')}/{fingerprint}"):
         return []
     notes = []
