@@ -21,6 +21,7 @@ RUN_DESCRIPTION_KEYS = frozenset(
         "n_test",
         "n_eval_users",
         "test_positive_rate",
+        "logreg_C",
     }
 )
 
@@ -39,7 +40,8 @@ def metrics_and_tags(
     """``(MLflow metrics, run tags)`` from a flat metrics file.
 
     Numbers that measure the model become single-step MLflow metrics named ``<prefix><key>``
-    (unless the key already starts with the prefix), MLflow-safe; counts and settings
+    (unless the key already starts with the prefix, or with ``val_``), MLflow-safe; counts
+    and settings
     (``tag_keys``) and any non-number become tags.
     """
     mlflow_metrics: dict[str, dict[str, float]] = {}
@@ -49,6 +51,7 @@ def metrics_and_tags(
         if key in tag_keys or not number:
             tags[key] = value
             continue
-        name = key if key.startswith(prefix) else f"{prefix}{key}"
+        # validation figures keep their own name (a test_ prefix would mislabel them)
+        name = key if key.startswith((prefix, "val_")) else f"{prefix}{key}"
         mlflow_metrics[mlflow_metric_name(name)] = {"step": 0, "value": float(value)}
     return mlflow_metrics, tags

@@ -59,6 +59,7 @@ def test_metrics_compare_the_model_with_the_oracle_and_the_floor(pipeline_run):
     metrics = json.loads((pipeline_run / "data/08_reporting/dlrm_metrics.json").read_text())
     for key in (
         "test_auc", "test_logloss", "oracle_auc", "oracle_logloss", "auc_ratio", "logreg_auc",
+        "auc_lift_ratio", "val_auc_ratio", "val_auc_lift_ratio", "logreg_C",
         "train_samples_per_s", "n_train", "architecture",
     ):  # fmt: skip
         assert key in metrics, key

@@ -7,6 +7,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from sklearn.metrics import roc_auc_score
 
+from recsys_kedro.evaluation.ranking import FLOOR_C_GRID
 from recsys_kedro.hooks import SparkHooks
 from recsys_kedro.models.ranking import (
     build_ranking_model,
@@ -128,7 +129,20 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     assert metrics["auc_ratio"] == pytest.approx(metrics["test_auc"] / metrics["oracle_auc"])
     assert metrics["oracle_auc"] > 0.65  # the planted probabilities know the answer
     assert metrics["oracle_auc"] > metrics["test_auc"]  # an untrained model does not
-    assert metrics["logreg_auc"] > 0.55  # the dense features carry part of the signal
+    assert metrics["logreg_dense_only_auc"] > 0.55  # the dense features carry part of the signal
+    # ... and the floor, which sees the categorical features too (C chosen on validation),
+    # more of it
+    assert metrics["logreg_auc"] > metrics["logreg_dense_only_auc"]
+    assert metrics["logreg_C"] in FLOOR_C_GRID and "logreg_C" in tags
+    lift = (metrics["test_auc"] - 0.5) / (metrics["oracle_auc"] - 0.5)
+    assert metrics["auc_lift_ratio"] == pytest.approx(lift)
+    # validation beside test: the kept epoch's AUC against the oracle on the validation rows
+    assert metrics["val_auc"] == 0.5  # history val_auc[best_epoch - 1]
+    assert metrics["val_oracle_auc"] == pytest.approx(
+        roc_auc_score(val_pd["label"], val_pd["p_true"])
+    )
+    assert metrics["val_auc_ratio"] == pytest.approx(0.5 / metrics["val_oracle_auc"])
+    assert "val_auc_ratio" in mlflow_metrics and "test_val_auc_ratio" not in mlflow_metrics
     assert metrics["n_test"] == len(test_pd) and metrics["architecture"] == "dlrm"
     assert "test_auc_ratio" in mlflow_metrics and "test_architecture" not in mlflow_metrics
     # counts and settings are run tags, not one-point metric charts

@@ -17,7 +17,11 @@ from pyspark.sql import functions as F
 from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
-from recsys_kedro.evaluation.ranking import logistic_regression_scores, ranking_metrics
+from recsys_kedro.evaluation.ranking import (
+    logistic_regression_floor,
+    logistic_regression_scores,
+    ranking_metrics,
+)
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
 from recsys_kedro.params import DLRM_CONF, click_log_spec
 from recsys_kedro.reporting import metrics_and_tags
@@ -118,6 +122,11 @@ def dlrm_spec(data_params: dict[str, Any], model_params: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- report
 
 
+def _lift(auc: float, oracle_auc: float) -> float:
+    """``(AUC - 0.5) / (oracle AUC - 0.5)``: 0 is a coin, 1 the planted optimum."""
+    return (auc - 0.5) / (oracle_auc - 0.5)
+
+
 def evaluate_ranking(
     model: dict[str, Any],
     train: pd.DataFrame,
@@ -127,8 +136,10 @@ def evaluate_ranking(
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, Any], Figure]:
     """Test AUC / log loss of the model, of the planted probabilities (the oracle) and of a
-    logistic regression on the dense features (the floor); ``auc_ratio = test_auc /
-    oracle_auc``.
+    logistic regression on the dense and the (hashed one-hot) categorical features, its
+    regularisation chosen on validation (the floor); ``auc_ratio = test_auc / oracle_auc``
+    and ``auc_lift_ratio`` on the scale that starts at chance, each beside its validation
+    counterpart (the kept epoch's).
 
     Returns:
         The metrics dictionary (``dlrm_metrics.json``), its quality numbers for MLflow
@@ -141,18 +152,34 @@ def evaluate_ranking(
     labels = test["label"].to_numpy()
     ours = ranking_metrics(labels, p_model)
     oracle = ranking_metrics(labels, test["p_true"].to_numpy())
-    p_logreg = logistic_regression_scores(
-        train, test, list(config.dense_features), int(params.get("seed", 0))
-    )
-    floor = ranking_metrics(labels, p_logreg)
+    seed = int(params.get("seed", 0))
+    dense, sparse = list(config.dense_features), list(config.sparse_features)
+    p_floor, chosen = logistic_regression_floor(train, validation, test, dense, sparse, seed)
+    floor = ranking_metrics(labels, p_floor)
+    dense_only = ranking_metrics(labels, logistic_regression_scores(train, test, dense, seed))
+    # Validation: the kept epoch's AUC (what chose it) against the oracle's on the same rows.
+    history = training_summary["history"]
+    best_epoch = int(training_summary["best_epoch"])
+    oracle_val = ranking_metrics(validation["label"].to_numpy(), validation["p_true"].to_numpy())
+    val_auc = float(history["val_auc"][best_epoch - 1])
     metrics: dict[str, Any] = {
         "test_auc": ours["auc"],
         "test_logloss": ours["logloss"],
         "oracle_auc": oracle["auc"],
         "oracle_logloss": oracle["logloss"],
         "auc_ratio": ours["auc"] / oracle["auc"],
+        # the same ratio on the scale that starts at chance (AUC 0.5): the share of the
+        # oracle's lift over a coin that the model reaches
+        "auc_lift_ratio": _lift(ours["auc"], oracle["auc"]),
+        "val_auc": val_auc,
+        "val_oracle_auc": oracle_val["auc"],
+        "val_auc_ratio": val_auc / oracle_val["auc"],
+        "val_auc_lift_ratio": _lift(val_auc, oracle_val["auc"]),
         "logreg_auc": floor["auc"],
         "logreg_logloss": floor["logloss"],
+        "logreg_auc_lift_ratio": _lift(floor["auc"], oracle["auc"]),
+        "logreg_C": chosen["C"],
+        "logreg_dense_only_auc": dense_only["auc"],
         "architecture": config.architecture,
         "train_samples_per_s": float(training_summary["train_samples_per_s"]),
         "best_epoch": int(training_summary["best_epoch"]),
@@ -164,19 +191,20 @@ def evaluate_ranking(
         "test_positive_rate": float(labels.mean()),
     }
     logger.info(
-        "dlrm (%s) test: AUC %.4f (oracle %.4f, ratio %.3f; logreg %.4f) | log loss %.4f "
-        "(oracle %.4f)",
+        "dlrm (%s) test: AUC %.4f (oracle %.4f, ratio %.3f, lift ratio %.3f; validation %.3f) "
+        "| logistic regression %.4f (lift ratio %.3f) | log loss %.4f (oracle %.4f)",
         config.architecture,
         metrics["test_auc"],
         metrics["oracle_auc"],
         metrics["auc_ratio"],
+        metrics["auc_lift_ratio"],
+        metrics["val_auc_ratio"],
         metrics["logreg_auc"],
+        metrics["logreg_auc_lift_ratio"],
         metrics["test_logloss"],
         metrics["oracle_logloss"],
     )
     mlflow_metrics, run_tags = metrics_and_tags(metrics)
-    oracle_val = ranking_metrics(validation["label"].to_numpy(), validation["p_true"].to_numpy())
-    history = training_summary["history"]
     figure = training_curves_figure(
         {
             "val_auc": history["val_auc"],
