@@ -432,3 +432,19 @@ def test_deserialize_rejects_garbage():
         deserialize_index("a string")
     with pytest.raises(ValueError, match="faiss.Index"):
         serialize_index(object())
+
+
+def test_hnsw_searches_at_the_configured_breadth_whatever_is_excluded():
+    """A wider fetch to make up for excluded items would widen HNSW's search with it (FAISS
+    searches with max(efSearch, results asked)): 1,000 excluded items would make it nearly
+    exhaustive. The exclusions go to FAISS as a selector instead, and efSearch stays."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(2000, 16)).astype(np.float32)
+    users = rng.normal(size=(5, 16)).astype(np.float32)
+    index = build_index(items, IndexConfig(kind="hnsw", hnsw_m=16, ef_search=8))
+    excluded = [np.arange(1000, dtype=np.int64)] * 5
+    faiss.cvar.hnsw_stats.reset()
+    scores, found = search(index, users, 10, exclude=excluded)
+    per_query = faiss.cvar.hnsw_stats.ndis / 5
+    assert per_query < 2000 / 4, per_query  # an exhaustive search computes ~2,000
+    assert (found >= 1000).all() and (np.diff(scores, axis=1) <= 0).all()

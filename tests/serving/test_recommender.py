@@ -25,7 +25,7 @@ SPARSE = (
 )  # fmt: skip
 
 
-def _inputs() -> dict:
+def _inputs(index: IndexConfig | None = None) -> dict:
     rng = np.random.default_rng(0)
     users = rng.normal(size=(N_USERS, DIM)).astype(np.float32)
     items = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
@@ -64,7 +64,7 @@ def _inputs() -> dict:
         user_ids=np.array([f"u{u}" for u in range(N_USERS)]),
         item_ids=np.array([f"i{i}" for i in range(N_ITEMS)]),
         user_embeddings=users,
-        index_bytes=serialize_index(build_index(items, IndexConfig())),
+        index_bytes=serialize_index(build_index(items, index or IndexConfig())),
         ranker=make_model_file(config, build_ranking_model(config).state_dict()),
         user_features=user_features,
         item_features=item_features,
@@ -142,11 +142,16 @@ def test_empty_and_bad_inputs(served):
     assert "'user_id' column" in out["column"]
 
 
-def test_spark_batch_inference_matches_the_model_for_every_user(spark):
+@pytest.mark.parametrize(
+    "index",
+    [IndexConfig(), IndexConfig(kind="hnsw", hnsw_m=8, ef_construction=40, ef_search=4)],
+    ids=["exact", "hnsw"],
+)
+def test_spark_batch_inference_matches_the_model_for_every_user(spark, index):
     from recsys_kedro.pipelines.recommend.nodes import recommend_all_users
     from recsys_kedro.serving.batch import recommend_all
 
-    model = FunnelRecommender(**_inputs())
+    model = FunnelRecommender(**_inputs(index))
     ids = [f"u{u}" for u in range(N_USERS)] + ["stranger"]
     users = spark.createDataFrame(pd.DataFrame({"user_id": ids})).repartition(3)
     got = recommend_all(users, model, batch_users=2).toPandas()

@@ -32,7 +32,12 @@ Three kinds of index (:class:`IndexConfig`):
   queries of the chunk) + 1`` results, so exclusions never leave fewer than ``k`` items
   when the catalogue has enough (a row that still falls short is searched again, wider);
   the one extra result shows whether the k-th score ties with items beyond the fetch, so
-  without such ties one FAISS call per chunk suffices.
+  without such ties one FAISS call per chunk suffices. ``hnsw`` is the exception: a wider
+  fetch would widen its search too (FAISS searches with ``max(efSearch, results asked)``),
+  so a user with 800 excluded items would get an almost exhaustive search instead of the
+  configured one. There each query is searched alone with its exclusions as a FAISS
+  ``IDSelector`` and ``efSearch`` as configured: the breadth is ``ef_search`` for every
+  query, and so is the recall an evaluation measures.
 * **k larger than the catalogue** (or than what remains after exclusions, or than what an
   approximate index can reach) is allowed: every row still has exactly ``k`` columns and
   the missing tail is item ``-1`` with score ``-inf``.
@@ -397,6 +402,11 @@ def search(
     if n_queries == 0 or n_items == 0:
         return scores, items
 
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        with _faiss_threads(threads):
+            return _search_hnsw(index, int(hnsw.efSearch), queries, k, exclusions)
+
     with _faiss_threads(threads):
         for start in range(0, n_queries, batch_size):
             rows = np.arange(start, min(start + batch_size, n_queries))
@@ -417,6 +427,43 @@ def search(
                     again.append(sub[~done])
                 rows = np.concatenate(again)
                 fetch = min(n_items, 2 * fetch)
+    return scores, items
+
+
+def _search_hnsw(
+    index: faiss.Index,
+    ef_search: int,
+    queries: np.ndarray,
+    k: int,
+    exclusions: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """HNSW search at the configured breadth: queries without exclusions together, every
+    other query alone with its exclusions as an ``IDSelector`` (one FAISS call each)."""
+    n_queries = queries.shape[0]
+    scores = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    items = np.full((n_queries, k), -1, dtype=np.int64)
+
+    def keep(rows: np.ndarray, distances: np.ndarray, labels: np.ndarray) -> None:
+        distances = np.where(labels < 0, -np.inf, distances)
+        order = np.lexsort((np.where(labels < 0, np.iinfo(np.int64).max, labels), -distances))
+        scores[rows] = np.take_along_axis(distances, order, axis=1)
+        items[rows] = np.take_along_axis(labels, order, axis=1)
+
+    free = np.array([r for r in range(n_queries) if exclusions[r].size == 0], dtype=np.int64)
+    if free.size:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search
+        distances, labels = index.search(queries[free], k, params=params)
+        keep(free, distances, labels)
+    for row in range(n_queries):
+        if exclusions[row].size == 0:
+            continue
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef_search
+        selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclusions[row]))
+        params.sel = selector  # (kept alive by the name until the search returns)
+        distances, labels = index.search(queries[row : row + 1], k, params=params)
+        keep(np.array([row]), distances, labels)
     return scores, items
 
 
