@@ -40,13 +40,14 @@ def metrics_and_tags(
     """``(MLflow metrics, run tags)`` from a flat metrics file.
 
     Numbers that measure the model become single-step MLflow metrics named ``<prefix><key>``
-    (unless the key already starts with the prefix, or with ``val_``), MLflow-safe; counts
+    (unless the key already starts with the prefix, or with ``val_``), MLflow-safe; an
+    interval ``[low, high]`` becomes two metrics, ``<name>_low`` and ``<name>_high``; counts
     and settings
     (``tag_keys``) and any non-number become tags.
     """
     mlflow_metrics: dict[str, dict[str, float]] = {}
     tags: dict[str, Any] = {}
-    for key, value in metrics.items():
+    for key, value in _intervals_flattened(metrics).items():
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if key in tag_keys or not number:
             tags[key] = value
@@ -55,3 +56,15 @@ def metrics_and_tags(
         name = key if key.startswith((prefix, "val_")) else f"{prefix}{key}"
         mlflow_metrics[mlflow_metric_name(name)] = {"step": 0, "value": float(value)}
     return mlflow_metrics, tags
+
+
+def _intervals_flattened(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"x_ci95": [low, high]}`` -> ``{"x_ci95_low": low, "x_ci95_high": high}``."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        pair = isinstance(value, list | tuple) and len(value) == 2
+        if pair and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            out[f"{key}_low"], out[f"{key}_high"] = value
+        else:
+            out[key] = value
+    return out

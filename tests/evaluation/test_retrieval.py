@@ -16,6 +16,7 @@ from recsys_kedro.evaluation.retrieval import (
     auc,
     embedding_score_fn,
     full_catalogue_topk_metrics,
+    paired_bootstrap_interval,
     popularity_score_fn,
     topk_items,
 )
@@ -543,3 +544,30 @@ def test_embedding_matrix_orders_rows_by_index_and_refuses_gaps():
     assert embedding_matrix(frame, "item_idx").dtype == np.float32
     with pytest.raises(ValueError, match="not contiguous"):
         embedding_matrix(frame.iloc[:2], "item_idx")
+
+
+def test_per_user_values_average_to_the_reported_metrics():
+    rng = np.random.default_rng(5)
+    users, items = rng.normal(size=(30, 4)), rng.normal(size=(50, 4))
+    test_u, test_i = rng.integers(0, 30, 80), rng.integers(0, 50, 80)
+    excl_u, excl_i = rng.integers(0, 30, 100), rng.integers(0, 50, 100)
+    args = (embedding_score_fn(users, items), 50, test_u, test_i, excl_u, excl_i, [5, 20])
+    result = full_catalogue_topk_metrics(*args, batch_size=7, per_user=True)
+    per_user = result["per_user"]
+    assert per_user["users"].size == result["n_eval_users"]
+    assert (np.diff(per_user["users"]) > 0).all()  # sorted, so two scorers line up
+    for key in ("recall@5", "ndcg@5", "recall@20", "ndcg@20"):
+        assert per_user[key].mean() == pytest.approx(result[key], abs=1e-12), key
+    assert "per_user" not in full_catalogue_topk_metrics(*args)
+
+
+def test_paired_bootstrap_interval_is_about_the_difference():
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    assert paired_bootstrap_interval(base, base) == (0.0, 0.0)
+    low, high = paired_bootstrap_interval(base + 0.05 + rng.normal(0, 0.01, 400), base)
+    assert 0.04 < low < 0.05 < high < 0.06  # the shared part cancels: a narrow interval
+    low, high = paired_bootstrap_interval(rng.random(400), rng.random(400))
+    assert low < 0 < high  # two draws of the same thing: no difference supported
+    with pytest.raises(ValueError, match="one length"):
+        paired_bootstrap_interval(base, base[:10])

@@ -253,7 +253,8 @@ def full_catalogue_topk_metrics(
     exclude_items: np.ndarray,
     ks: Sequence[int] = (10, 20, 100),
     batch_size: int = 1024,
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict[str, Any]:
     """Recall@K and NDCG@K over the full catalogue, averaged over evaluable users.
 
     Args:
@@ -267,11 +268,14 @@ def full_catalogue_topk_metrics(
             relevant (see the module docstring).
         ks: cut-offs K >= 1 (duplicates ignored; K may exceed ``n_items``).
         batch_size: users scored per chunk.
+        per_user: also return every evaluated user's values (for paired intervals).
 
     Returns:
         ``{"recall@K": ..., "ndcg@K": ..., ... (for each K in order), "n_eval_users": n}``
         where ``n`` is the number of users with at least one relevant test item; metric
-        values are plain floats, ``n_eval_users`` an int.
+        values are plain floats, ``n_eval_users`` an int. With ``per_user``, also
+        ``"per_user": {"users": (n,) int64, "recall@K": (n,), "ndcg@K": (n,), ...}``, the
+        users sorted (so two scorers on the same test pairs line up).
 
     Raises:
         ValueError: on mismatched pair lengths, item indexes outside ``[0, n_items)``,
@@ -307,6 +311,7 @@ def full_catalogue_topk_metrics(
 
     recall_sum = dict.fromkeys(ks, 0.0)
     ndcg_sum = dict.fromkeys(ks, 0.0)
+    rows_out: dict[str, list[np.ndarray]] = {f"{m}@{k}": [] for k in ks for m in ("recall", "ndcg")}
     with torch.no_grad():
         for start in range(0, eval_users.size, batch_size):
             stop = min(start + batch_size, eval_users.size)
@@ -329,9 +334,13 @@ def full_catalogue_topk_metrics(
             dcg_cum = np.cumsum(hits * discounts[:k_eff], axis=1)
             for k in ks:
                 col = min(k, k_eff) - 1
-                recall_sum[k] += float(np.sum(hits_cum[:, col] / n_rel))
-                idcg = ideal_dcg[np.minimum(n_rel, k) - 1]
-                ndcg_sum[k] += float(np.sum(dcg_cum[:, col] / idcg))
+                recall = hits_cum[:, col] / n_rel
+                ndcg = dcg_cum[:, col] / ideal_dcg[np.minimum(n_rel, k) - 1]
+                recall_sum[k] += float(np.sum(recall))
+                ndcg_sum[k] += float(np.sum(ndcg))
+                if per_user:
+                    rows_out[f"recall@{k}"].append(recall)
+                    rows_out[f"ndcg@{k}"].append(ndcg)
 
     n_eval = int(eval_users.size)
     result: dict[str, float] = {}
@@ -339,7 +348,34 @@ def full_catalogue_topk_metrics(
         result[f"recall@{k}"] = recall_sum[k] / n_eval
         result[f"ndcg@{k}"] = ndcg_sum[k] / n_eval
     result["n_eval_users"] = n_eval
+    if per_user:
+        result["per_user"] = {
+            "users": eval_users.astype(np.int64),
+            **{name: np.concatenate(parts) for name, parts in rows_out.items()},
+        }
     return result
+
+
+def paired_bootstrap_interval(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of ``mean(a - b)`` over paired units (users): the
+    same resampled users for both, so what the two have in common cancels out."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(
+            f"paired values must be 1-D arrays of one length, got {a.shape}, {b.shape}"
+        )
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 100):  # bounded memory: 100 resamples at a time
+        stop = min(start + 100, n_boot)
+        picks = rng.integers(0, diff.size, size=(stop - start, diff.size))
+        means[start:stop] = diff[picks].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------------------

@@ -82,6 +82,12 @@ def test_a_perfect_model_beats_popularity():
     assert not {"test_n_train", "test_epochs", "test_world_size"} & set(mlflow_metrics)
     assert len(figure.axes) == 2
     assert not any(k.startswith("als_") for k in metrics)  # ALS disabled: no ALS keys
+    # A paired interval of the model minus popularity per metric, over the 2 test users.
+    low, high = metrics["minus_popularity_recall@1_ci95"]
+    assert low <= metrics["recall@1"] - metrics["popularity_recall@1"] <= high
+    assert mlflow_metrics["test_minus_popularity_recall_at_1_ci95_low"]["value"] == low
+    assert not [k for k, v in tags.items() if isinstance(v, list)]  # tags stay plain values
+    assert not any(k.startswith("minus_als_") for k in metrics)
     assert [len(ax.get_lines()) for ax in figure.axes] == [2, 2]
 
 
@@ -222,6 +228,11 @@ def test_evaluate_retrieval_reports_the_als_baseline(als_run):
     assert "test_als_rank" not in mlflow_metrics  # the chosen point is a setting: a tag
     # the planted blocks: ALS learns them, popularity recommends the big group's items
     assert metrics["als_ndcg@2"] > metrics["popularity_ndcg@2"]
+    # the random two-tower against ALS, paired over the same test users
+    per_user = als["test_per_user"]
+    assert len(per_user["users"]) == len(per_user["ndcg@2"]) == metrics["n_eval_users"]
+    low, high = metrics["minus_als_ndcg@2_ci95"]
+    assert low <= metrics["ndcg@2"] - metrics["als_ndcg@2"] <= high
     for ax in figure.axes:
         assert [line.get_label() for line in ax.get_lines()] == [
             "two-tower",

@@ -18,6 +18,7 @@ from recsys_kedro.evaluation.retrieval import (
     embedding_matrix,
     embedding_score_fn,
     full_catalogue_topk_metrics,
+    paired_bootstrap_interval,
     popularity_score_fn,
 )
 from recsys_kedro.models.als import ALSGrid, grid_search_als
@@ -148,8 +149,12 @@ def fit_als_baseline(
         raise ValueError(f"{exc} ({_ALS_HINT})") from exc
     search_s = time.perf_counter() - start
     test_metrics = full_catalogue_topk_metrics(
-        embedding_score_fn(search.user_factors, search.item_factors), n_items=n_items, **common
+        embedding_score_fn(search.user_factors, search.item_factors),
+        n_items=n_items,
+        per_user=True,
+        **common,
     )
+    per_user = test_metrics.pop("per_user")  # for the report's paired intervals
     logger.info(
         "ALS: %d grid points in %.0fs; chose rank=%d reg_param=%g alpha=%g (validation %s "
         "%.4f); test ndcg@%d %.4f",
@@ -171,6 +176,10 @@ def fit_als_baseline(
             {k: _plain(v) for k, v in row.items()} for row in search.table.to_dict("records")
         ],
         "test": {k: _plain(v) for k, v in test_metrics.items()},
+        "test_per_user": {
+            k: [round(float(x), 6) if k != "users" else int(x) for x in v]
+            for k, v in per_user.items()
+        },
         "search_s": float(search_s),
     }
 
@@ -181,6 +190,8 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
         return {}
     test = als_baseline["test"]
     missing = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg") if f"{m}@{k}" not in test]
+    if "test_per_user" not in als_baseline:
+        missing.append("test_per_user")
     if missing or int(test["n_eval_users"]) != n_eval_users:
         raise ValueError(
             f"the ALS baseline was not evaluated like the model (missing {missing}; "
@@ -198,6 +209,26 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
         als_alpha=float(chosen["alpha"]),
     )
     return out
+
+
+def _paired_intervals(
+    ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], name: str, ks: list[int]
+) -> dict[str, list[float]]:
+    """``minus_<name>_<metric>@K_ci95``: a paired bootstrap 95 % interval over the test
+    users of the two-tower's metric minus the baseline's (an interval that excludes 0 is a
+    difference the test users support; one that straddles it is not)."""
+    if not np.array_equal(ours["users"], theirs["users"]):
+        raise ValueError(
+            f"the {name} baseline was evaluated on other test users than the model: re-run "
+            "the two_tower evaluation stage on the same splits"
+        )
+    return {
+        f"minus_{name}_{m}@{k}_ci95": list(
+            paired_bootstrap_interval(ours[f"{m}@{k}"], theirs[f"{m}@{k}"])
+        )
+        for k in ks
+        for m in ("recall", "ndcg")
+    }
 
 
 def evaluate_retrieval(
@@ -231,11 +262,13 @@ def evaluate_retrieval(
     n_items = items.shape[0]
     common = {"n_items": n_items, **_retrieval_inputs(train, validation, test, params)}
     ks = common["ks"]
-    model_metrics = full_catalogue_topk_metrics(embedding_score_fn(users, items), **common)
+    model_metrics = full_catalogue_topk_metrics(
+        embedding_score_fn(users, items), per_user=True, **common
+    )
     popularity = item_popularity.sort_values("item_idx")["n_positive"].to_numpy()
     train_positive_items = np.repeat(np.arange(len(popularity)), popularity)
     baseline = full_catalogue_topk_metrics(
-        popularity_score_fn(train_positive_items, n_items), **common
+        popularity_score_fn(train_positive_items, n_items), per_user=True, **common
     )
     als = _als_metrics(als_baseline, ks, int(model_metrics["n_eval_users"]))
     test_scores = np.einsum(
@@ -256,6 +289,12 @@ def evaluate_retrieval(
         for name in ("recall", "ndcg"):
             metrics[f"popularity_{name}@{k}"] = baseline[f"{name}@{k}"]
     metrics.update(als)
+    metrics.update(
+        _paired_intervals(model_metrics["per_user"], baseline["per_user"], "popularity", ks)
+    )
+    if als:
+        als_users = {k: np.asarray(v) for k, v in als_baseline["test_per_user"].items()}
+        metrics.update(_paired_intervals(model_metrics["per_user"], als_users, "als", ks))
     metrics.update(
         n_eval_users=int(model_metrics["n_eval_users"]),
         train_samples_per_s=float(training_summary["train_samples_per_s"]),
