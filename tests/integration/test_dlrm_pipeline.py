@@ -36,6 +36,7 @@ PARAMS = {
             "dense_arch_layer_sizes": [16, 8],
             "over_arch_layer_sizes": [16, 1],
         },
+        "evaluation": {"floor_c_grid": [0.01, 0.1, 1.0]},  # three fits of the floor
         "training": {
             "epochs": 3,
             "patience": 2,

@@ -18,6 +18,7 @@ from recsys_kedro.data.click_logs import generate_click_logs as _generate
 from recsys_kedro.data.click_logs import split_click_logs as _split
 from recsys_kedro.evaluation.plots import training_curves_figure
 from recsys_kedro.evaluation.ranking import (
+    FLOOR_C_GRID,
     logistic_regression_floor,
     logistic_regression_scores,
     ranking_metrics,
@@ -154,7 +155,10 @@ def evaluate_ranking(
     oracle = ranking_metrics(labels, test["p_true"].to_numpy())
     seed = int(params.get("seed", 0))
     dense, sparse = list(config.dense_features), list(config.sparse_features)
-    p_floor, chosen = logistic_regression_floor(train, validation, test, dense, sparse, seed)
+    grid = tuple(float(c) for c in params.get("floor_c_grid") or FLOOR_C_GRID)
+    p_floor, chosen = logistic_regression_floor(
+        train, validation, test, dense, sparse, seed, c_grid=grid
+    )
     floor = ranking_metrics(labels, p_floor)
     dense_only = ranking_metrics(labels, logistic_regression_scores(train, test, dense, seed))
     # Validation: the kept epoch's AUC (what chose it) against the oracle's on the same rows.
