@@ -80,7 +80,7 @@ def test_the_threshold_rule_refuses_rows_without_a_rating(spark):
         label_interactions(raw, THRESHOLD)
 
 
-def test_events_label_drop_and_keep_a_pairs_strongest_event(spark):
+def test_events_label_drop_and_keep_a_pairs_strongest_event(spark, caplog):
     rule = LabelRule.from_params(
         {"rule": "events", "events": {"purchase": 1, "cart": 1, "skip": 0, "view": "drop"}}
     )
@@ -94,7 +94,9 @@ def test_events_label_drop_and_keep_a_pairs_strongest_event(spark):
         ("b", "y", None, "skip", 6),
         ("b", "y", None, "cart", 7),
     ]
-    out = _clean(spark.createDataFrame(rows, RAW), rule)
+    with caplog.at_level("INFO", logger="recsys_kedro.data.interactions"):
+        out = _clean(spark.createDataFrame(rows, RAW), rule)
+    assert "label rule: 3 of 8 interactions dropped (event types ['view'])" in caplog.text
     assert sorted((r.user_id, r.item_id, r.event, r.label, r.timestamp) for r in out.collect()) == [
         ("a", "x", "purchase", 1, 2),
         ("a", "y", "skip", 0, 4),

@@ -130,9 +130,11 @@ def label_interactions(interactions: DataFrame, rule: LabelRule) -> DataFrame:
             f"have an event type the `events:` mapping ({sorted(mapping)}) does not name (or "
             f"none): map every type to 1, 0 or {DROP}"
         )
+    dropped = [e for e, v in rule.events if v is None] if rule.rule == "events" else []
     check = interactions.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count_if(bad).alias("bad"),
+        F.count_if(F.col("event").isin(dropped) if dropped else F.lit(False)).alias("dropped"),
         F.collect_set(F.when(bad, F.coalesce(F.col("event"), F.lit("<none>")))).alias("kinds"),
         F.first(F.when(bad, F.concat_ws(" ", "user_id", "item_id")), ignorenulls=True).alias("ex"),
     ).first()
@@ -145,8 +147,13 @@ def label_interactions(interactions: DataFrame, rule: LabelRule) -> DataFrame:
         )
     labelled = interactions.withColumn("label", label)
     if rule.rule == "events":
-        dropped = [e for e, v in rule.events if v is None]
         if dropped:
+            logger.info(
+                "label rule: %d of %d interactions dropped (event types %s)",
+                check["dropped"],
+                check["rows"],
+                dropped,
+            )
             labelled = labelled.where(~F.col("event").isin(dropped))
         return labelled.withColumn("_priority", F.col("label"))
     return labelled.withColumn("_priority", F.lit(0))

@@ -10,7 +10,15 @@ import fsspec
 
 def free_space(path: str) -> str:
     """``"N MB free on its file system"`` for a local path (or the nearest folder of it that
-    exists), ``"free space unknown"`` for remote storage."""
+    exists), ``"free space unknown"`` for remote storage. Never raises: it is called while
+    another error is being reported."""
+    try:
+        return _free_space(path)
+    except Exception as exc:  # an unknown protocol, a missing filesystem package
+        return f"free space unknown ({type(exc).__name__})"
+
+
+def _free_space(path: str) -> str:
     fs, root = fsspec.core.url_to_fs(path)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol not in ("file", "local"):
