@@ -60,8 +60,9 @@ def test_study_trials_and_best_params_are_written(tune_run):
     assert best["two_tower"]["training"]["temperature"] == best_trial["training.temperature"]
     assert best["two_tower"]["model"]["embedding_dim"] == best_trial["model.embedding_dim"]
     assert (tune_run / "data/08_reporting/two_tower_tune_history.png").stat().st_size > 0
-    # test data is never used to choose: no test metric reaches the study
-    assert all(not k.startswith("test") for t in done for k in t["metrics"])
+    # That test data never reaches the study is checked on the node's inputs (no test split
+    # among them: tests/pipelines/test_two_tower_tune_pipeline.py), not on its output, which
+    # the node filters to validation metrics itself (a check here could not fail).
 
 
 def test_each_trial_is_a_nested_mlflow_run(tune_run):
