@@ -52,6 +52,20 @@ recommend.recommender_logged:
 
 
 @pytest.fixture(scope="session")
+def dlrm_run(tmp_path_factory):
+    """The session's one small `dlrm` run, a separate `kedro run --pipelines=dlrm` in the
+    background (tests/integration/test_dlrm_pipeline.py reads it). The cluster test starts it
+    just before its own `two_tower` run, so that two pipelines run at once on this machine
+    (tests/integration/test_cluster.py)."""
+    from tests.integration.conftest import BackgroundRun, make_project
+    from tests.integration.test_dlrm_pipeline import PARAMS
+
+    run = BackgroundRun(make_project(tmp_path_factory.mktemp("dlrm_project")), "dlrm", PARAMS)
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
 def two_tower_project(tmp_path_factory, spark):
     """A small project after one `two_tower` run (two epochs, a one-point ALS grid), read
     (never written) by every test that needs one: the pipeline's integration checks, the

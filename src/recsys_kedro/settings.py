@@ -3,14 +3,14 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from recsys_kedro.hooks import SparkHooks
+from recsys_kedro.hooks import RunLockHooks, SparkHooks
 from recsys_kedro.quiet import silence_known_noise
 
 # Known, understood third-party deprecation notes (listed in recsys_kedro/quiet.py).
 silence_known_noise()
 
 # kedro-mlflow registers its own hooks through its plugin entry point.
-HOOKS = (SparkHooks(),)
+HOOKS = (RunLockHooks(), SparkHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+from tests.conftest import TEST_SPARK_CONF
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+KEDRO = Path(sys.executable).parent / "kedro"
 
 
 def make_project(root: Path, local_catalog: str | None = None) -> Path:
@@ -53,3 +61,49 @@ def run_project(root: Path, runtime_params: dict[str, Any], **run_kwargs: Any) -
         mp.undo()
         while mlflow.active_run():
             mlflow.end_run()
+
+
+class BackgroundRun:
+    """``kedro run --pipelines=<pipeline>`` of a project as a separate process, started at
+    most once (by whichever fixture needs it first) and waited for by the tests that read its
+    outputs. The parameters go to ``conf/local/parameters_test_run.yml`` (merged key by key
+    into the project's), progress bars off."""
+
+    def __init__(self, root: Path, pipeline: str, params: dict[str, Any]) -> None:
+        self.root, self.pipeline = root, pipeline
+        self.process: subprocess.Popen | None = None
+        self.started = self.ended = 0.0
+        params = {**params, "launch": {"progress": False, **params.get("launch", {})}}
+        (root / "conf" / "local" / "parameters_test_run.yml").write_text(yaml.safe_dump(params))
+        (root / "conf" / "local" / "spark.yml").write_text(yaml.safe_dump(TEST_SPARK_CONF))
+
+    def start(self) -> BackgroundRun:
+        if self.process is None:
+            self._log = open(self.root / "kedro_run.log", "w")  # noqa: SIM115 (closed in wait)
+            self.started = time.time()
+            self.process = subprocess.Popen(
+                [str(KEDRO), "run", f"--pipelines={self.pipeline}"],
+                cwd=self.root,
+                env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait(self, timeout_s: float = 1200) -> Path:
+        """The project's root once the run has ended; fails with the run's last output if the
+        run failed."""
+        self.start()
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.wait(timeout=timeout_s)
+            self.ended = time.time()
+            self._log.close()
+        log = (self.root / "kedro_run.log").read_text()
+        assert self.process.returncode == 0, log[-6000:]
+        return self.root
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

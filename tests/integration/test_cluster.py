@@ -160,6 +160,7 @@ def _kedro_run(root: Path, env: str, extra_env: dict[str, str]) -> None:
         text=True,
         timeout=1200,
     )
+    (root / "kedro_run.log").write_text(process.stdout + process.stderr)  # read it after a run
     assert process.returncode == 0, (process.stdout + process.stderr)[-6000:]
 
 
@@ -176,14 +177,19 @@ def _metrics(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory, two_tower_project):
+def runs(cluster, tmp_path_factory, two_tower_project, dlrm_run):
+    """The cluster's two_tower run, with the session's dlrm run (another `kedro run`, local
+    mode) started just before it: two pipelines at once on this machine."""
     local, _ = two_tower_project
     on_cluster = _project(tmp_path_factory, "cluster_run")
+    dlrm_run.start()
+    started = time.time()
     _kedro_run(
         on_cluster,
         "cluster",
         {"RECSYS_SPARK_MASTER": cluster.url, "RECSYS_DATA_ROOT": str(on_cluster / "data")},
     )
+    (on_cluster / "run_window.json").write_text(json.dumps([started, time.time()]))
     return local, on_cluster
 
 
@@ -207,3 +213,19 @@ def test_cluster_metrics_match_local_mode(runs):
     assert on_cluster["popularity_ndcg@10"] == local["popularity_ndcg@10"]  # Spark: exact
     for key in ("test_auc", "recall@10", "ndcg@10", "recall@100"):
         assert abs(on_cluster[key] - local[key]) <= TOLERANCE, (key, on_cluster, local)
+
+
+def test_two_pipelines_at_once_on_one_machine_both_succeed(runs, dlrm_run):
+    """The cluster's two_tower run and the local dlrm run, started together: their Spark
+    jobs, exports and training ranks share this machine, Mosaic's shared memory included
+    (each run's ranks claim prefixes of their own, and no run cleans up another's). Runs with
+    the same outputs are refused instead (tests/test_output_lock.py,
+    tests/integration/test_two_tower_pipeline.py)."""
+    _, on_cluster = runs
+    dlrm_root = dlrm_run.wait()  # fails with the run's output if it did not succeed
+    started, ended = json.loads((on_cluster / "run_window.json").read_text())
+    assert dlrm_run.started < ended and started < dlrm_run.ended  # at once
+    for root, name in ((on_cluster, "two_tower"), (dlrm_root, "dlrm")):
+        summary = json.loads((root / f"data/06_models/{name}_training_summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["epochs"] >= 1
+        assert (root / f"data/08_reporting/{name}_metrics.json").is_file()

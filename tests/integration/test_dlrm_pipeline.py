@@ -1,4 +1,5 @@
-"""The whole dlrm pipeline through Kedro's runner at a small size.
+"""The whole dlrm pipeline at a small size, as ``kedro run --pipelines=dlrm`` in a separate
+process (the session's one dlrm run, started beside the two_tower run: tests/conftest.py).
 
 Real parts all the way: the Spark generator, block MDS shards, TorchDistributor with 2 gloo
 processes running the shared trainer (TorchRec sharding), kedro-mlflow on a SQLite store.
@@ -11,8 +12,6 @@ import json
 import pytest
 
 from recsys_kedro.mds import count_block_rows
-
-from .conftest import make_project, run_project
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +49,9 @@ PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, spark):
-    root = make_project(tmp_path_factory.mktemp("dlrm_project"))
-    run_project(root, PARAMS, pipeline_name="dlrm")
-    return root
+def pipeline_run(dlrm_run):
+    """The session's dlrm run (tests/conftest.py: `kedro run` in another process)."""
+    return dlrm_run.wait()
 
 
 def test_metrics_compare_the_model_with_the_oracle_and_the_floor(pipeline_run):

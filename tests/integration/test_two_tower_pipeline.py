@@ -14,6 +14,9 @@ import pandas as pd
 import pytest
 
 from recsys_kedro.mds import count_block_rows, read_block_metadata
+from recsys_kedro.output_lock import OutputLocks, OutputsInUseError
+
+from .conftest import make_project, run_project
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +168,17 @@ def test_mlflow_run_has_params_curves_and_artifacts(pipeline_run):
 
     model = load_two_tower(local)
     assert model.ebc.embedding_bags["t_user"].weight.shape == (N_USERS, 16)
+
+
+def test_a_run_of_a_live_runs_outputs_stops_before_it_starts(tmp_path):
+    """Two runs writing the same datasets under one data root: the second stops at its
+    first hook, naming the first, before Spark or any node (tests/test_output_lock.py)."""
+    root = make_project(tmp_path)
+    live = OutputLocks(str((root / "data").resolve()))  # what a live two_tower run holds
+    live.acquire(["two_tower.metrics", "two_tower.model"], run="kedro run --pipelines=two_tower")
+    try:
+        with pytest.raises(OutputsInUseError, match=r"'two_tower.model'.*=two_tower"):
+            run_project(root, {}, pipeline_name="recommend")
+    finally:
+        live.release()
+    assert not (root / "data" / "02_intermediate").exists()  # nothing ran

@@ -1,11 +1,15 @@
-"""Every MDS test starts without Mosaic shared memory left by an earlier one."""
+"""Every MDS test starts with the earlier tests' streaming datasets released.
+
+No ``clean_stale_shared_memory()``: it would unlink the shared memory of every Mosaic run on
+the machine, another test session's included. A released dataset's prefix is not reused (a
+new one takes the next), and this process's segments are unlinked when it exits (Mosaic's
+atexit hook)."""
 
 from __future__ import annotations
 
 import gc
 
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +22,8 @@ def _long_lived_objects_frozen():
 
 
 @pytest.fixture(autouse=True)
-def _clean_shared_memory(_long_lived_objects_frozen):
+def _release_datasets(_long_lived_objects_frozen):
     gc.collect()  # drop StreamingDatasets of earlier tests (they hold shared memory)
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -199,7 +199,6 @@ def test_round_trip(spark, tmp_path, compression):
 
 def test_streaming_dataset_iterates_the_blocks(spark, tmp_path):
     from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
 
     folder = write_mds_blocks(
         make_frame(spark, 40, seed=3, partitions=2),
@@ -209,7 +208,6 @@ def test_streaming_dataset_iterates_the_blocks(spark, tmp_path):
         block_rows=BLOCK_ROWS,
     )
     gc.collect()
-    clean_stale_shared_memory()
     dataset = StreamingDataset(local=folder.local, remote=None, batch_size=1)
     try:
         assert len(dataset) == folder.num_samples

@@ -188,9 +188,6 @@ def _model(block_folder, n_users: int, n_items: int, batch_size: int, workdir: P
 
 def _stage(name: str, row_folder, block_folder, args: argparse.Namespace, workdir: str) -> dict:
     """One measurement, in its own process (see :func:`run`)."""
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
     bs, cache = args.batch_size, Path(workdir) / f"cache_{name}"
     if name == "a":
         batches = _row_loader(row_folder, bs, cache)

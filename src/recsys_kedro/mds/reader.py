@@ -6,9 +6,10 @@
   evaluation jobs.
 
 Mosaic shared memory: every ``StreamingDataset`` alive at the same time needs its own local
-directory, and shared memory leaked by a killed process must be cleaned
-(``streaming.base.util.clean_stale_shared_memory()``, a collective once ``torch.distributed``
-is initialised) before datasets are created.
+directory. Training ranks make their datasets under
+:func:`recsys_kedro.training.shared_memory.claiming_prefixes`, which gives each run prefixes of
+its own and removes only those of runs that are gone (never Mosaic's
+``clean_stale_shared_memory()``, which unlinks live runs' too).
 """
 
 from __future__ import annotations

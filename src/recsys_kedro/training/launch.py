@@ -197,13 +197,12 @@ def launch(
     launcher's error alone).
     """
     from pyspark.ml.torch.distributor import TorchDistributor
-    from streaming.base.util import clean_stale_shared_memory
 
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    # Shared memory left by a killed run would collide with the new ranks' datasets. Done
-    # here, in the driver, because inside the ranks it is a collective.
-    clean_stale_shared_memory()
+    # No clean-up of Mosaic's shared memory here: its `clean_stale_shared_memory()` would also
+    # unlink a live run's. The ranks claim prefixes of their own and remove only those of runs
+    # that are gone (recsys_kedro.training.shared_memory).
     start = time.perf_counter()
     logger.info(
         "launching %s on %d process(es) (%s mode, %s)",

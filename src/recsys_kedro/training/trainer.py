@@ -33,6 +33,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -53,6 +54,7 @@ from recsys_kedro.training.config import (
 from recsys_kedro.training.distributed import (
     DistContext,
     all_reduce_sum,
+    all_true,
     broadcast_from_main,
     destroy_distributed,
     gather_full_state_dict,
@@ -68,6 +70,7 @@ from recsys_kedro.training.sharding import (
     restore_local_state,
     snapshot_local_state,
 )
+from recsys_kedro.training.shared_memory import claiming_prefixes
 from recsys_kedro.training.steps import (
     batches,
     evaluate,
@@ -143,13 +146,20 @@ class _RankRun:
         self.model, self.optimizer, self.plan = build_sharded_model(spec, config, ctx)
         # The layout's sampled features (uniform negatives): a stream per rank, seeded.
         self.sampler = torch.Generator().manual_seed(config.seed * 1_000_003 + ctx.rank)
-        with machine_local_ranks(ctx):  # Mosaic's view of which ranks share a machine
+        # Mosaic's view of which ranks share a machine, and prefixes of this run's own.
+        with (
+            machine_local_ranks(ctx),
+            claiming_prefixes(
+                os.environ.get("LOCAL_RANK", "0") == "0", lambda ok: all_true(ok, ctx)
+            ) as claim,
+        ):
             self.train_loader = make_loader(
                 config.train, spec.layout, config, train=True, split="train"
             )
             self.val_loader = make_loader(
                 config.validation, spec.layout, config, train=False, split="validation"
             )
+            claim.record([self.train_loader.dataset, self.val_loader.dataset])
         history: dict[str, list[float]] = {"train_loss": []}
         if spec.report_val_loss:
             history["val_loss"] = []
