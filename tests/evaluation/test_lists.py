@@ -62,3 +62,15 @@ def test_bad_inputs_are_named():
         list_metrics([0], [1], [float("nan")], [0], [1], ks=[1])
     with pytest.raises(ValueError, match="K >= 1"):
         list_metrics([0], [1], [0.2], [0], [1], ks=[0])
+
+
+def test_per_user_values_line_up_and_average_to_the_metric():
+    got = list_metrics(
+        [0, 0, 2], [5, 6, 1], [0.9, 0.1, 0.3], [2, 0, 0, 1], [1, 6, 8, 3], [1, 2], per_user=True
+    )
+    rows = got["per_user"]
+    assert rows["users"].tolist() == [0, 1, 2]  # sorted: other scorings of the pairs line up
+    assert rows["recall@2"].tolist() == [0.5, 0.0, 1.0]
+    for k in (1, 2):
+        assert np.mean(rows[f"ndcg@{k}"]) == pytest.approx(got[f"ndcg@{k}"])
+        assert np.mean(rows[f"recall@{k}"]) == pytest.approx(got[f"recall@{k}"])

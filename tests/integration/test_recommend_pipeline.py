@@ -71,6 +71,11 @@ def test_metrics_file_reports_the_funnel_against_its_baselines(pipeline_run):
     assert metrics["rerank_recall@15"] == pytest.approx(metrics["retrieval_recall@15"])
     assert metrics["n_eval_users"] > 0 and metrics["epochs"] == 2
     assert (pipeline_run / "data/08_reporting/recommend_metrics_at_k.png").stat().st_size > 0
+    # paired bootstrap intervals over the test users, around the reranking's differences
+    for name in ("retrieval", "logreg_rerank", "rated_pairs_rerank", "popularity"):
+        low, high = metrics[f"rerank_minus_{name}_ndcg@5_ci95"]
+        assert low <= metrics["rerank_ndcg@5"] - metrics[f"{name}_ndcg@5"] <= high, name
+    assert metrics["rerank_minus_retrieval_recall@15_ci95"] == [0.0, 0.0]  # the same items
 
 
 def test_ranker_rows_are_exported_list_by_list(pipeline_run):

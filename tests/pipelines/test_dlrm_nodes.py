@@ -141,6 +141,12 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
         roc_auc_score(val_pd["label"], val_pd["p_true"])
     )
     assert metrics["val_auc_ratio"] == pytest.approx(0.5 / metrics["val_oracle_auc"])
+    # paired (DeLong) intervals of the test AUC differences, around the point differences
+    for name, other in (("oracle", "oracle_auc"), ("logreg", "logreg_auc")):
+        low, high = metrics[f"minus_{name}_auc_ci95"]
+        assert low < metrics["test_auc"] - metrics[other] < high
+        assert f"test_minus_{name}_auc_ci95_low" in mlflow_metrics
+    assert metrics["minus_oracle_auc_ci95"][1] < 0  # an untrained model is behind the oracle
     assert "val_auc_ratio" in mlflow_metrics and "test_val_auc_ratio" not in mlflow_metrics
     assert metrics["n_test"] == len(test_pd) and metrics["architecture"] == "dlrm"
     assert "test_auc_ratio" in mlflow_metrics and "test_architecture" not in mlflow_metrics

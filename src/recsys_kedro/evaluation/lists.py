@@ -18,6 +18,7 @@ Everything is vectorised with numpy (one sort of all the rows), no per-user Pyth
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,8 @@ def list_metrics(
     relevant_users: object,
     relevant_items: object,
     ks: Sequence[int],
-) -> dict[str, float]:
+    per_user: bool = False,
+) -> dict[str, Any]:
     """``recall@K`` and ``ndcg@K`` for every K, and ``n_users`` (users averaged over).
 
     Args:
@@ -73,6 +75,9 @@ def list_metrics(
             listed twice is an error (a list holds an item once).
         relevant_users, relevant_items: the relevant pairs (e.g. test positives).
         ks: cut-offs ``K >= 1``.
+        per_user: also return ``"per_user": {"users": (n,) int64, "recall@K": (n,), ...}``,
+            every evaluated user's values, users sorted (for paired intervals: two scorings
+            of the same relevant pairs line up).
 
     Raises:
         ValueError: no user has a relevant item, or a bad input (names it).
@@ -108,7 +113,8 @@ def list_metrics(
     hit = np.isin(listed_keys, rel[:, 0] * width + rel[:, 1])
     hit_users, hit_ranks = users_arr[hit], ranks[hit]
     slot = np.searchsorted(eval_users, hit_users)  # every hit user is an eval user
-    out: dict[str, float] = {"n_users": float(eval_users.size)}
+    out: dict[str, Any] = {"n_users": float(eval_users.size)}
+    rows: dict[str, np.ndarray] = {"users": eval_users}
     for k in ks:
         within = hit_ranks <= k
         hits = np.bincount(slot[within], minlength=eval_users.size)
@@ -117,6 +123,9 @@ def list_metrics(
         )
         ideal_cum = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
         idcg = ideal_cum[np.minimum(n_relevant, k) - 1]
-        out[f"recall@{k}"] = float(np.mean(hits / n_relevant))
-        out[f"ndcg@{k}"] = float(np.mean(gains / idcg))
+        rows[f"recall@{k}"], rows[f"ndcg@{k}"] = hits / n_relevant, gains / idcg
+        out[f"recall@{k}"] = float(np.mean(rows[f"recall@{k}"]))
+        out[f"ndcg@{k}"] = float(np.mean(rows[f"ndcg@{k}"]))
+    if per_user:
+        out["per_user"] = rows
     return out

@@ -42,6 +42,8 @@ __all__ = [
     "embedding_matrix",
     "embedding_score_fn",
     "full_catalogue_topk_metrics",
+    "paired_bootstrap_interval",
+    "paired_intervals",
     "popularity_score_fn",
     "topk_items",
 ]
@@ -376,6 +378,30 @@ def paired_bootstrap_interval(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def paired_intervals(
+    ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], name: str, ks: Sequence[int]
+) -> dict[str, list[float]]:
+    """``minus_<name>_<metric>@K_ci95``: paired bootstrap 95 % intervals over the evaluated
+    users of our metric minus ``name``'s, from two ``per_user`` results (an interval that
+    excludes 0 is a difference the users support; one that straddles it is not).
+
+    Raises:
+        ValueError: the two were evaluated on other users.
+    """
+    if not np.array_equal(ours["users"], theirs["users"]):
+        raise ValueError(
+            f"{name} was evaluated on other users than the model it is compared with: "
+            "evaluate both on the same relevant pairs"
+        )
+    return {
+        f"minus_{name}_{m}@{k}_ci95": list(
+            paired_bootstrap_interval(ours[f"{m}@{k}"], theirs[f"{m}@{k}"])
+        )
+        for k in ks
+        for m in ("recall", "ndcg")
+    }
 
 
 # --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from recsys_kedro.evaluation.ranking import (
     FLOOR_C_GRID,
     logistic_regression_floor,
     logistic_regression_scores,
+    paired_auc_interval,
     ranking_metrics,
 )
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
@@ -184,6 +185,11 @@ def evaluate_ranking(
         "logreg_auc_lift_ratio": _lift(floor["auc"], oracle["auc"]),
         "logreg_C": chosen["C"],
         "logreg_dense_only_auc": dense_only["auc"],
+        # DeLong 95 % intervals of the paired AUC differences on the test rows
+        "minus_oracle_auc_ci95": list(
+            paired_auc_interval(labels, p_model, test["p_true"].to_numpy())
+        ),
+        "minus_logreg_auc_ci95": list(paired_auc_interval(labels, p_model, p_floor)),
         "architecture": config.architecture,
         "train_samples_per_s": float(training_summary["train_samples_per_s"]),
         "best_epoch": int(training_summary["best_epoch"]),

@@ -32,6 +32,7 @@ from recsys_kedro.evaluation.retrieval import (
     auc,
     embedding_matrix,
     full_catalogue_topk_metrics,
+    paired_intervals,
     popularity_score_fn,
 )
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
@@ -468,10 +469,10 @@ def rerank_and_evaluate(
     )
     rel_u, rel_i = _relevant(test, train, validation)
     u, i = serve["user_idx"].to_numpy(np.int64), serve["item_idx"].to_numpy(np.int64)
-    retrieval = list_metrics(u, i, serve["retrieval_score"], rel_u, rel_i, ks)
-    rerank = list_metrics(u, i, serve["ranker_score"], rel_u, rel_i, ks)
-    logreg = list_metrics(u, i, serve["logreg_score"], rel_u, rel_i, ks)
-    rated_pairs = list_metrics(u, i, serve["rated_pairs_score"], rel_u, rel_i, ks)
+    retrieval, rerank, logreg, rated_pairs = (
+        list_metrics(u, i, serve[column], rel_u, rel_i, ks, per_user=True)
+        for column in ("retrieval_score", "ranker_score", "logreg_score", "rated_pairs_score")
+    )
     train_u, train_i = train["user_idx"].to_numpy(np.int64), train["item_idx"].to_numpy(np.int64)
     seen_u = np.concatenate([train_u, validation["user_idx"].to_numpy(np.int64)])
     seen_i = np.concatenate([train_i, validation["item_idx"].to_numpy(np.int64)])
@@ -484,6 +485,7 @@ def rerank_and_evaluate(
         seen_u,
         seen_i,
         ks=ks,
+        per_user=True,
     )
     evaluated = np.isin(u, np.unique(rel_u))
     labels = serve["label"].to_numpy()[evaluated]
@@ -498,6 +500,15 @@ def rerank_and_evaluate(
         for k in ks:
             metrics[f"{name}_recall@{k}"] = float(values[f"recall@{k}"])
             metrics[f"{name}_ndcg@{k}"] = float(values[f"ndcg@{k}"])
+    # Paired bootstrap intervals over the test users: the reranked lists minus each baseline.
+    for name, values in (
+        ("retrieval", retrieval),
+        ("logreg_rerank", logreg),
+        ("rated_pairs_rerank", rated_pairs),
+        ("popularity", popularity),
+    ):
+        intervals = paired_intervals(rerank["per_user"], values["per_user"], name, ks)
+        metrics.update({f"rerank_{key}": value for key, value in intervals.items()})
     metrics.update(
         _holdout_metrics(
             ranker,

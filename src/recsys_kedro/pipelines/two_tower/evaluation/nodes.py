@@ -18,7 +18,7 @@ from recsys_kedro.evaluation.retrieval import (
     embedding_matrix,
     embedding_score_fn,
     full_catalogue_topk_metrics,
-    paired_bootstrap_interval,
+    paired_intervals,
     popularity_score_fn,
 )
 from recsys_kedro.models.als import ALSGrid, grid_search_als
@@ -211,26 +211,6 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
     return out
 
 
-def _paired_intervals(
-    ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], name: str, ks: list[int]
-) -> dict[str, list[float]]:
-    """``minus_<name>_<metric>@K_ci95``: a paired bootstrap 95 % interval over the test
-    users of the two-tower's metric minus the baseline's (an interval that excludes 0 is a
-    difference the test users support; one that straddles it is not)."""
-    if not np.array_equal(ours["users"], theirs["users"]):
-        raise ValueError(
-            f"the {name} baseline was evaluated on other test users than the model: re-run "
-            "the two_tower evaluation stage on the same splits"
-        )
-    return {
-        f"minus_{name}_{m}@{k}_ci95": list(
-            paired_bootstrap_interval(ours[f"{m}@{k}"], theirs[f"{m}@{k}"])
-        )
-        for k in ks
-        for m in ("recall", "ndcg")
-    }
-
-
 def evaluate_retrieval(
     user_embeddings: pd.DataFrame,
     item_embeddings: pd.DataFrame,
@@ -290,11 +270,11 @@ def evaluate_retrieval(
             metrics[f"popularity_{name}@{k}"] = baseline[f"{name}@{k}"]
     metrics.update(als)
     metrics.update(
-        _paired_intervals(model_metrics["per_user"], baseline["per_user"], "popularity", ks)
+        paired_intervals(model_metrics["per_user"], baseline["per_user"], "popularity", ks)
     )
     if als:
         als_users = {k: np.asarray(v) for k, v in als_baseline["test_per_user"].items()}
-        metrics.update(_paired_intervals(model_metrics["per_user"], als_users, "als", ks))
+        metrics.update(paired_intervals(model_metrics["per_user"], als_users, "als", ks))
     metrics.update(
         n_eval_users=int(model_metrics["n_eval_users"]),
         train_samples_per_s=float(training_summary["train_samples_per_s"]),
