@@ -71,11 +71,18 @@ SMALL_RUN = {
         "dense_lr": 0.005,
     },
     "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
-    "evaluation": {  # ALS tuned on a one-point grid: the search itself is tested in tests/models
+    "evaluation": {  # ALS with one trial at one point: the search is tested in tests/models
         "als": {
             "max_iter": 3,
             "num_blocks": 2,
-            "grid": {"rank": [8], "reg_param": [0.1], "alpha": [1.0]},
+            "search": {
+                "n_trials": 1,
+                "space": [
+                    {"name": "rank", "choices": [8], "type": "categorical"},
+                    {"name": "reg_param", "choices": [0.1], "type": "categorical"},
+                    {"name": "alpha", "choices": [1.0], "type": "categorical"},
+                ],
+            },
         }
     },
 }
@@ -104,8 +111,8 @@ def test_metrics_file_has_every_key(pipeline_run):
     assert metrics["test_auc"] > 0.6  # the clusters are learnable within two epochs
     assert (root / "data/08_reporting/two_tower_metrics_at_k.png").stat().st_size > 0
     als = json.loads((root / "data/08_reporting/two_tower_als_baseline.json").read_text())
-    grid = SMALL_RUN["evaluation"]["als"]["grid"]
-    assert als["enabled"] and len(als["validation"]) == np.prod([len(v) for v in grid.values()])
+    assert als["enabled"] and len(als["validation"]) == 1  # one trial
+    assert als["params"] == {"rank": 8, "reg_param": 0.1, "alpha": 1.0, "max_iter": 3}
     assert als["test"]["ndcg@10"] == metrics["als_ndcg@10"]
     assert (root / "data/08_reporting/two_tower_training_curves.png").stat().st_size > 0
 

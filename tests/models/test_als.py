@@ -12,11 +12,12 @@ from recsys_kedro.evaluation.retrieval import (
     popularity_score_fn,
 )
 from recsys_kedro.models.als import (
-    ALSGrid,
+    als_search_space,
+    boundary_hits,
     factor_matrices,
     fit_als,
-    grid_search_als,
     preferences,
+    search_als,
 )
 
 # Two user groups, each liking a disjoint block of items. Group B is larger, so the
@@ -93,22 +94,32 @@ def test_factor_matrices_reject_ids_beyond_the_index(fitted):
         factor_matrices(fitted, 5, N_ITEMS)
 
 
-def test_grid_search_keeps_the_best_validation_point(planted):
+#: A small space in the format of two_tower.evaluation.als.search.space.
+SPACE = [
+    {"name": "rank", "type": "int", "low": 1, "high": 6},
+    {"name": "reg_param", "type": "float", "low": 0.01, "high": 1.0, "log": True},
+    {"name": "alpha", "type": "float", "low": 1.0, "high": 20.0, "log": True},
+]
+
+
+def test_the_search_keeps_the_best_validation_trial(planted):
     train_df, train, held_out = planted
-    grid = ALSGrid(rank=(1, 4), reg_param=(0.1,), alpha=(10.0,))
-    result = grid_search_als(
+    result = search_als(
         train_df,
         held_out["user_idx"].to_numpy(),
         held_out["item_idx"].to_numpy(),
         N_USERS,
         N_ITEMS,
-        grid,
+        SPACE,
+        n_trials=3,
         select_by=f"ndcg@{K}",
         ks=[1, 5],
         **FAST,
     )
     table = result.table
-    assert table[["rank", "reg_param", "alpha"]].to_dict("records") == grid.points()
+    assert len(table) == 3 and table["max_iter"].eq(FAST["max_iter"]).all()  # not searched
+    assert table["rank"].between(1, 6).all() and table["alpha"].between(1.0, 20.0).all()
+    assert table[["rank", "alpha"]].drop_duplicates().shape[0] == 3  # three other points
     for col in ("recall@1", "ndcg@1", "recall@5", "ndcg@5", f"ndcg@{K}", "n_eval_users", "fit_s"):
         assert col in table.columns, col
     best = table.iloc[int(table[f"ndcg@{K}"].to_numpy().argmax())]
@@ -116,12 +127,24 @@ def test_grid_search_keeps_the_best_validation_point(planted):
         "rank": int(best["rank"]),
         "reg_param": best["reg_param"],
         "alpha": best["alpha"],
+        "max_iter": FAST["max_iter"],
     }
     assert result.select_by == f"ndcg@{K}"
     assert result.user_factors.shape == (N_USERS, result.params["rank"])
-    # the kept factors are the chosen point's: they reproduce its validation score
+    # the kept factors are the chosen trial's: they reproduce its validation score
     again = _metrics(embedding_score_fn(result.user_factors, result.item_factors), train, held_out)
     assert again[f"ndcg@{K}"] == pytest.approx(best[f"ndcg@{K}"])
+
+
+def test_a_choice_at_an_end_of_its_range_is_named():
+    space = als_search_space([*SPACE, {"name": "max_iter", "type": "int", "low": 5, "high": 25}])
+    inside = {"rank": 3, "reg_param": 0.1, "alpha": 4.0, "max_iter": 15}
+    assert boundary_hits(space, inside) == []
+    edges = {**inside, "rank": 6, "reg_param": 0.0105, "max_iter": 25}
+    assert boundary_hits(space, edges) == [
+        "rank at the high end (6)", "reg_param at the low end (0.0105)",
+        "max_iter at the high end (25)",
+    ]  # fmt: skip
 
 
 def test_preferences_of_each_signal(planted):
@@ -135,40 +158,30 @@ def test_preferences_of_each_signal(planted):
 
 
 @pytest.mark.parametrize(
-    ("grid", "match"),
+    ("space", "match"),
     [
-        ({"rank": [], "reg_param": [0.1], "alpha": [1.0]}, "rank list is empty"),
-        ({"rank": [0, 8], "reg_param": [0.1], "alpha": [1.0]}, "rank must be >= 1"),
-        ({"rank": [8], "reg_param": [-0.1], "alpha": [1.0]}, "reg_param must be >= 0"),
-        ({"rank": [8], "reg_param": [0.1], "alpha": [0.0]}, "alpha must be > 0"),
-        ({"rank": [8.5], "reg_param": [0.1], "alpha": [1.0]}, "must hold integers"),
-        ({"rank": ["8"], "reg_param": [0.1], "alpha": [1.0]}, "must hold numbers"),
-        ({"rank": [8], "reg_param": [0.1]}, r"missing \['alpha'\]"),
-        ({"rank": [8], "reg_param": [0.1], "alpha": [1.0], "beta": [1]}, r"unknown \['beta'\]"),
+        (SPACE[:2], r"missing \['alpha'\]"),
+        ([*SPACE, {"name": "beta", "type": "int", "low": 1, "high": 2}], r"unknown \['beta'\]"),
+        ([{**SPACE[0], "type": "float"}, *SPACE[1:]], "rank is a whole number"),
+        ([{**SPACE[0], "low": 0}, *SPACE[1:]], "rank must be >= 1"),
+        ([SPACE[0], {**SPACE[1], "low": -0.1, "log": False}, SPACE[2]], "reg_param must be >= 0"),
+        ([*SPACE[:2], {"name": "alpha", "choices": [0.0, 1.0]}], "alpha must be >= 1e-12"),
     ],
 )
-def test_bad_grids_are_rejected(grid, match):
+def test_bad_spaces_are_rejected(space, match):
     with pytest.raises(ValueError, match=match):
-        ALSGrid.from_mapping(grid)
-
-
-def test_grid_points_cover_every_combination():
-    grid = ALSGrid.from_mapping({"rank": [4, 8, 8], "reg_param": 0.1, "alpha": [1, 10]})
-    assert grid.rank == (4, 8) and grid.alpha == (1.0, 10.0)
-    assert len(grid.points()) == 4
-    assert grid.points()[1] == {"rank": 4, "reg_param": 0.1, "alpha": 10.0}
+        als_search_space(space)
 
 
 def test_bad_settings_fail_before_any_fit(planted):
     train_df, _, held_out = planted
     args = (held_out["user_idx"], held_out["item_idx"], N_USERS, N_ITEMS)
-    grid = {"rank": [2], "reg_param": [0.1], "alpha": [1.0]}
     with pytest.raises(ValueError, match="select_by"):
-        grid_search_als(train_df, *args, grid, select_by="auc@10")
+        search_als(train_df, *args, SPACE, select_by="auc@10")
     with pytest.raises(ValueError, match="signal must be one of"):
-        grid_search_als(train_df, *args, grid, signal="clicks")
+        search_als(train_df, *args, SPACE, signal="clicks")
     with pytest.raises(ValueError, match="max_iter"):
-        grid_search_als(train_df, *args, grid, max_iter=0)
+        search_als(train_df, *args, SPACE, max_iter=0)
     with pytest.raises(ValueError, match=r"lack the column\(s\) \['rating'\]"):
         fit_als(train_df.drop("rating"), rank=2, reg_param=0.1, alpha=1.0, signal="ratings")
     with pytest.raises(ValueError, match="nothing to fit"):

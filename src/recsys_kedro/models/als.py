@@ -1,4 +1,4 @@
-"""Implicit-feedback ALS (Spark MLlib) as a retrieval baseline: fit, export factors, grid search.
+"""Implicit-feedback ALS (Spark MLlib) as a retrieval baseline: fit, export factors, search.
 
 :class:`pyspark.ml.recommendation.ALS` with ``implicitPrefs=True`` (Hu, Koren & Volinsky,
 2008) is trained in Spark on an interactions DataFrame with the columns ``user_idx``,
@@ -20,7 +20,6 @@ DataFrames.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import operator
 import re
@@ -36,15 +35,18 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
+from recsys_kedro.tuning.study import SearchSpace, run_study
 
 __all__ = [
+    "ALS_DIMENSIONS",
     "SIGNALS",
-    "ALSGrid",
     "ALSSearchResult",
+    "als_search_space",
+    "boundary_hits",
     "factor_matrices",
     "fit_als",
-    "grid_search_als",
     "preferences",
+    "search_als",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,74 +58,68 @@ _SELECT_BY = re.compile(r"^(recall|ndcg)@(\d+)$")
 
 
 # --------------------------------------------------------------------------------------
-# the grid
+# the search space
 # --------------------------------------------------------------------------------------
 
-
-def _values(values: Any, name: str, cast: type) -> tuple:
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        values = [values]  # a single value is a grid of one
-    if len(values) == 0:
-        raise ValueError(f"the ALS grid's {name} list is empty: give at least one value")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
-            raise ValueError(f"the ALS grid's {name} must hold numbers, got {list(values)}")
-        if cast is int and int(v) != v:
-            raise ValueError(f"the ALS grid's {name} must hold integers, got {list(values)}")
-        out.append(cast(v))
-    return tuple(dict.fromkeys(out))  # de-duplicated, order kept
+#: What an ALS study may search over (``max_iter``, if not searched, is a fixed setting).
+ALS_DIMENSIONS = ("rank", "reg_param", "alpha", "max_iter")
+_LOWEST = {"rank": 1, "reg_param": 0.0, "alpha": 1e-12, "max_iter": 1}
+_INT_DIMENSIONS = ("rank", "max_iter")
 
 
-@dataclass(frozen=True)
-class ALSGrid:
-    """The hyper-parameters tried: every combination of ``rank`` x ``reg_param`` x ``alpha``.
+def als_search_space(space: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> SearchSpace:
+    """The ALS study's space from ``[{name, type, low, high, log} | {name, choices}, ...]``
+    (the format of ``two_tower.tune.space``) or a ``{name: {...}}`` mapping.
 
     Raises:
-        ValueError: if a list is empty or holds a rank < 1, a negative regularisation or an
-            alpha <= 0.
+        ValueError: a dimension ALS does not have, a missing ``rank`` / ``reg_param`` /
+            ``alpha``, a float rank or iteration count, or a range below what ALS takes.
     """
+    if isinstance(space, Mapping):
+        dims = {str(k): dict(v) for k, v in space.items()}
+    else:
+        dims = {str(d.get("name")): {k: v for k, v in d.items() if k != "name"} for d in space}
+    unknown = sorted(set(dims) - set(ALS_DIMENSIONS))
+    missing = sorted({"rank", "reg_param", "alpha"} - set(dims))
+    if unknown or missing:
+        raise ValueError(
+            f"the ALS search space takes {list(ALS_DIMENSIONS)}: unknown {unknown}, "
+            f"missing {missing}"
+        )
+    for name, dim in dims.items():
+        if name in _INT_DIMENSIONS and dim.get("type") == "float":
+            raise ValueError(f"the ALS {name} is a whole number: give it type int")
+        values = dim.get("choices") or [dim.get("low"), dim.get("high")]
+        if any(v is None or float(v) < _LOWEST[name] for v in values):
+            raise ValueError(f"the ALS {name} must be >= {_LOWEST[name]}, got {values}")
+    return SearchSpace(dims)
 
-    rank: tuple[int, ...]
-    reg_param: tuple[float, ...]
-    alpha: tuple[float, ...]
 
-    def __post_init__(self) -> None:
-        rank = _values(self.rank, "rank", int)
-        reg_param = _values(self.reg_param, "reg_param", float)
-        alpha = _values(self.alpha, "alpha", float)
-        if min(rank) < 1:
-            raise ValueError(f"every ALS rank must be >= 1, got {list(rank)}")
-        if min(reg_param) < 0:
-            raise ValueError(f"every ALS reg_param must be >= 0, got {list(reg_param)}")
-        if min(alpha) <= 0:
-            raise ValueError(f"every ALS alpha must be > 0, got {list(alpha)}")
-        object.__setattr__(self, "rank", rank)
-        object.__setattr__(self, "reg_param", reg_param)
-        object.__setattr__(self, "alpha", alpha)
+def _check_point(rank: Any, reg_param: Any, alpha: Any) -> None:
+    if isinstance(rank, bool) or int(rank) != rank or rank < 1:
+        raise ValueError(f"the ALS rank must be an integer >= 1, got {rank!r}")
+    if reg_param < 0:
+        raise ValueError(f"the ALS reg_param must be >= 0, got {reg_param!r}")
+    if alpha <= 0:
+        raise ValueError(f"the ALS alpha must be > 0, got {alpha!r}")
 
-    @classmethod
-    def from_mapping(cls, grid: Mapping[str, Any]) -> ALSGrid:
-        """From ``{"rank": [...], "reg_param": [...], "alpha": [...]}`` (no other keys)."""
-        if not isinstance(grid, Mapping):
-            raise ValueError(
-                f"the ALS grid must map rank / reg_param / alpha to lists, got {grid!r}"
-            )
-        expected = {"rank", "reg_param", "alpha"}
-        missing, unknown = expected - set(grid), set(grid) - expected
-        if missing or unknown:
-            raise ValueError(
-                f"the ALS grid needs exactly the keys {sorted(expected)}; "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
-        return cls(rank=grid["rank"], reg_param=grid["reg_param"], alpha=grid["alpha"])
 
-    def points(self) -> list[dict[str, Any]]:
-        """Every grid point as ``{"rank", "reg_param", "alpha"}``, rank varying slowest."""
-        return [
-            {"rank": r, "reg_param": g, "alpha": a}
-            for r, g, a in itertools.product(self.rank, self.reg_param, self.alpha)
-        ]
+def boundary_hits(space: SearchSpace, chosen: Mapping[str, Any], margin: float = 0.05) -> list[str]:
+    """Numeric dimensions whose chosen value lies within ``margin`` of the range's ends (in
+    log units for a log-scaled one): a best point there says the range was too narrow."""
+    import math
+
+    hits = []
+    for name, dim in space.dimensions.items():
+        if dim["type"] == "categorical" or name not in chosen:
+            continue
+        scale = math.log if dim.get("log") else float
+        low, high, value = (scale(float(v)) for v in (dim["low"], dim["high"], chosen[name]))
+        if value <= low + margin * (high - low):
+            hits.append(f"{name} at the low end ({chosen[name]})")
+        elif value >= high - margin * (high - low):
+            hits.append(f"{name} at the high end ({chosen[name]})")
+    return hits
 
 
 def _parse_select_by(select_by: str) -> tuple[str, int]:
@@ -234,7 +230,7 @@ def fit_als(
     Raises:
         ValueError: on bad hyper-parameters, or when the signal leaves no interaction.
     """
-    ALSGrid(rank=(rank,), reg_param=(reg_param,), alpha=(alpha,))  # validates the values
+    _check_point(rank, reg_param, alpha)
     _check_fit_args(max_iter, num_blocks)
     prefs = _require_rows(preferences(interactions, signal), signal)
     return _fit(
@@ -282,23 +278,23 @@ def factor_matrices(model: ALSModel, n_users: int, n_items: int) -> tuple[np.nda
 
 
 # --------------------------------------------------------------------------------------
-# grid search on a validation split
+# hyperparameter search on a validation split
 # --------------------------------------------------------------------------------------
 
 
 @dataclass
 class ALSSearchResult:
-    """What :func:`grid_search_als` found.
+    """What :func:`search_als` found.
 
     Attributes:
-        params: the chosen ``{"rank", "reg_param", "alpha"}``.
-        table: one row per grid point, in grid order: its parameters, the validation
+        params: the chosen ``{"rank", "reg_param", "alpha", "max_iter"}``.
+        table: one row per trial, in trial order: its parameters, the validation
             ``recall@K`` / ``ndcg@K`` for every K, ``n_eval_users`` and ``fit_s`` (seconds
-            to fit and export the factors).
+            to fit and export the factors); a failed trial has its ``error``.
         user_factors, item_factors: the chosen point's dense factors (see
             :func:`factor_matrices`).
-        select_by: the validation metric that chose ``params`` (higher is better; ties go
-            to the earlier grid point).
+        select_by: the validation metric that chose ``params`` (higher is better).
+        on_boundary: the searched dimensions whose chosen value is at an end of its range.
     """
 
     params: dict[str, Any]
@@ -306,6 +302,7 @@ class ALSSearchResult:
     user_factors: np.ndarray = field(repr=False)
     item_factors: np.ndarray = field(repr=False)
     select_by: str = "ndcg@10"
+    on_boundary: list[str] = field(default_factory=list)
 
 
 def _train_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -313,14 +310,16 @@ def _train_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return pairs[USER].to_numpy(np.int64), pairs[ITEM].to_numpy(np.int64)
 
 
-def grid_search_als(
+def search_als(
     train: DataFrame,
     validation_users: np.ndarray,
     validation_items: np.ndarray,
     n_users: int,
     n_items: int,
-    grid: ALSGrid | Mapping[str, Any],
+    space: SearchSpace | Sequence[Mapping[str, Any]] | Mapping[str, Any],
     *,
+    n_trials: int = 20,
+    study_seed: int = 0,
     signal: str = "positives",
     max_iter: int = 10,
     seed: int = 42,
@@ -331,20 +330,24 @@ def grid_search_als(
     num_blocks: int | None = None,
     batch_size: int = 1024,
 ) -> ALSSearchResult:
-    """Fit ALS at every grid point on ``train``, keep the best on the validation pairs.
+    """A seeded TPE study (:func:`recsys_kedro.tuning.study.run_study`, the method and
+    budget of the two-tower's search) over ``space``: each trial fits ALS on ``train`` and
+    is scored on the validation pairs; the best trial's factors are kept.
 
-    Each point is scored by :func:`full_catalogue_topk_metrics` with the dot product of its
+    Each trial is scored by :func:`full_catalogue_topk_metrics` with the dot product of its
     factors: relevant = the ``(validation_users, validation_items)`` pairs, excluded = the
     users' training pairs (every row of ``train``, whatever its label) unless
     ``exclude_users`` / ``exclude_items`` are given. ``ks`` are reported in the table
-    besides the K of ``select_by``. The input preferences are cached for the search and
-    released afterwards; only the best point's factors are kept in memory.
+    besides the K of ``select_by``; ``max_iter`` is used where the space does not search
+    it. The input preferences are cached for the search and released afterwards; only the
+    best trial's factors are kept in memory. A best point at an end of a searched range is
+    logged (widen it) and listed in ``on_boundary``.
 
     Raises:
-        ValueError: on a bad grid, signal, ``select_by`` or ``max_iter``, when the signal
+        ValueError: on a bad space, signal, ``select_by`` or ``max_iter``, when the signal
             leaves no training interaction, or when no validation pair can be evaluated.
     """
-    grid = grid if isinstance(grid, ALSGrid) else ALSGrid.from_mapping(grid)
+    space = space if isinstance(space, SearchSpace) else als_search_space(space)
     signal = _check_signal(signal)
     select_by, select_k = _parse_select_by(select_by)
     _check_fit_args(max_iter, num_blocks)
@@ -355,45 +358,44 @@ def grid_search_als(
         exclude_users, exclude_items = _train_pairs(train)
 
     prefs = preferences(train, signal).cache()
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+
+    def trial(values: dict[str, Any]) -> dict[str, float]:
+        point = {"max_iter": max_iter, **values}
+        point = {k: int(v) if k in _INT_DIMENSIONS else float(v) for k, v in point.items()}
+        start = time.perf_counter()
+        model = _fit(prefs, seed=seed, num_blocks=num_blocks, **point)
+        users, items = factor_matrices(model, n_users, n_items)
+        fit_s = time.perf_counter() - start
+        metrics = full_catalogue_topk_metrics(
+            embedding_score_fn(users, items),
+            n_items=n_items,
+            test_users=validation_users,
+            test_items=validation_items,
+            exclude_users=exclude_users,
+            exclude_items=exclude_items,
+            ks=eval_ks,
+            batch_size=batch_size,
+        )
+        rows.append({**point, **metrics, "fit_s": fit_s})
+        if not best or metrics[select_by] > best["value"]:
+            best.update(value=metrics[select_by], point=point, users=users, items=items)
+        return {k: float(v) for k, v in metrics.items()}
+
     try:
         _require_rows(prefs, signal)
-        rows: list[dict[str, Any]] = []
-        best: tuple[float, dict[str, Any], np.ndarray, np.ndarray] | None = None
-        for point in grid.points():
-            start = time.perf_counter()
-            model = _fit(prefs, max_iter=max_iter, seed=seed, num_blocks=num_blocks, **point)
-            users, items = factor_matrices(model, n_users, n_items)
-            fit_s = time.perf_counter() - start
-            metrics = full_catalogue_topk_metrics(
-                embedding_score_fn(users, items),
-                n_items=n_items,
-                test_users=validation_users,
-                test_items=validation_items,
-                exclude_users=exclude_users,
-                exclude_items=exclude_items,
-                ks=eval_ks,
-                batch_size=batch_size,
-            )
-            rows.append({**point, **metrics, "fit_s": fit_s})
-            logger.info(
-                "ALS rank=%d reg_param=%g alpha=%g: validation %s %.4f (fit %.1fs)",
-                point["rank"],
-                point["reg_param"],
-                point["alpha"],
-                select_by,
-                metrics[select_by],
-                fit_s,
-            )
-            if best is None or metrics[select_by] > best[0]:
-                best = (metrics[select_by], point, users, items)
+        study = run_study(trial, space, metric=select_by, n_trials=n_trials, seed=study_seed)
     finally:
         prefs.unpersist()
-    assert best is not None  # the grid is never empty
-    _, params, users, items = best
+    hits = boundary_hits(space, study.best_params or {})
+    if hits:
+        logger.warning("the ALS search chose %s: widen its range", ", ".join(hits))
     return ALSSearchResult(
-        params=dict(params),
+        params=dict(best["point"]),
         table=pd.DataFrame(rows),
-        user_factors=users,
-        item_factors=items,
+        user_factors=best["users"],
+        item_factors=best["items"],
         select_by=select_by,
+        on_boundary=hits,
     )

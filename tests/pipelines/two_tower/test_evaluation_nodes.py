@@ -10,7 +10,7 @@ import torch
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
-from recsys_kedro.models.als import ALSGrid
+from recsys_kedro.models.als import als_search_space
 from recsys_kedro.models.two_tower import TwoTowerConfig, build_two_tower, make_model_file
 from recsys_kedro.pipelines.two_tower.evaluation.nodes import (
     embed_users_and_items,
@@ -133,7 +133,15 @@ ALS_PARAMS = {
         "seed": 0,
         "select_by": "ndcg@2",
         "num_blocks": 2,
-        "grid": {"rank": [1, 4], "reg_param": [0.1], "alpha": [10.0]},
+        "search": {
+            "n_trials": 2,
+            "seed": 0,
+            "space": [
+                {"name": "rank", "type": "int", "low": 1, "high": 4},
+                {"name": "reg_param", "type": "categorical", "choices": [0.1]},
+                {"name": "alpha", "type": "categorical", "choices": [10.0]},
+            ],
+        },
     },
 }
 
@@ -175,15 +183,19 @@ def test_als_disabled_trains_nothing():
 
 
 def test_als_settings_errors_name_the_parameters_file():
-    bad_grid = {
+    no_alpha = ALS_PARAMS["als"]["search"]["space"][:2]
+    bad_space = {
         **ALS_PARAMS,
-        "als": {**ALS_PARAMS["als"], "grid": {"rank": [], "reg_param": [0.1], "alpha": [1]}},
+        "als": {**ALS_PARAMS["als"], "search": {"n_trials": 2, "space": no_alpha}},
     }
     with pytest.raises(
         ValueError,
-        match=r"rank list is empty.*two_tower\.evaluation\.als in conf/base/parameters_two_tower",
+        match=r"missing \['alpha'\].*two_tower\.evaluation\.als in conf/base/parameters_two_tower",
     ):
-        fit_als_baseline(None, None, None, {}, bad_grid)
+        fit_als_baseline(None, None, None, {}, bad_space)
+    old_grid = {**ALS_PARAMS, "als": {**ALS_PARAMS["als"], "search": {"grid": {"rank": [8]}}}}
+    with pytest.raises(ValueError, match=r"als.search takes.*unknown: \['grid'\]"):
+        fit_als_baseline(None, None, None, {}, old_grid)
     typo = {**ALS_PARAMS, "als": {**ALS_PARAMS["als"], "max_iters": 3}}
     with pytest.raises(ValueError, match=r"unknown ALS setting.*max_iters.*parameters_two_tower"):
         fit_als_baseline(None, None, None, {}, typo)
@@ -200,9 +212,13 @@ def test_als_baseline_is_tuned_on_validation_and_scored_on_test(als_run):
     als, _ = als_run
     json.dumps(als)  # persisted as JSON
     assert als["enabled"] is True and als["signal"] == "positives" and als["select_by"] == "ndcg@2"
-    assert [(row["rank"], row["alpha"]) for row in als["validation"]] == [(1, 10.0), (4, 10.0)]
+    assert len(als["validation"]) == 2 and {r["alpha"] for r in als["validation"]} == {10.0}
     best = max(als["validation"], key=lambda row: row["ndcg@2"])
-    assert als["params"] == {"rank": best["rank"], "reg_param": 0.1, "alpha": 10.0}
+    assert als["params"] == {"rank": best["rank"], "reg_param": 0.1, "alpha": 10.0, "max_iter": 5}
+    assert als["search"]["n_trials"] == 2 and set(als["search"]["space"]) == {
+        "rank", "reg_param", "alpha",
+    }  # fmt: skip
+    assert isinstance(als["on_boundary"], list)
     for k in ALS_PARAMS["ks"]:
         assert 0.0 <= als["test"][f"recall@{k}"] <= 1.0 and f"ndcg@{k}" in als["test"]
     assert als["test"]["n_eval_users"] == 16 and als["search_s"] > 0
@@ -225,6 +241,7 @@ def test_evaluate_retrieval_reports_the_als_baseline(als_run):
             assert mlflow_metrics[f"test_als_{name}_at_{k}"]["value"] == als["test"][f"{name}@{k}"]
     assert metrics["als_rank"] == als["params"]["rank"] and metrics["als_alpha"] == 10.0
     assert metrics["als_reg_param"] == 0.1 and tags["als_rank"] == als["params"]["rank"]
+    assert metrics["als_max_iter"] == 5 and "als_max_iter" in tags
     assert "test_als_rank" not in mlflow_metrics  # the chosen point is a setting: a tag
     # the planted blocks: ALS learns them, popularity recommends the big group's items
     assert metrics["als_ndcg@2"] > metrics["popularity_ndcg@2"]
@@ -286,4 +303,6 @@ def test_two_tower_persists_the_als_baseline_and_configures_it():
     assert "data/08_reporting/two_tower_als_baseline.json" in str(dataset._describe())
     als = loader["parameters"]["two_tower"]["evaluation"]["als"]
     assert als["enabled"] is True and als["signal"] in ("positives", "ratings")
-    assert 1 <= len(ALSGrid.from_mapping(als["grid"]).points()) <= 8  # the run stays quick
+    space = als_search_space(als["search"]["space"])
+    assert set(space.dimensions) == {"rank", "reg_param", "alpha", "max_iter"}
+    assert als["search"]["n_trials"] == loader["parameters"]["two_tower"]["tune"]["n_trials"]

@@ -21,7 +21,7 @@ from recsys_kedro.evaluation.retrieval import (
     paired_intervals,
     popularity_score_fn,
 )
-from recsys_kedro.models.als import ALSGrid, grid_search_als
+from recsys_kedro.models.als import als_search_space, search_als
 from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 _ALS_NAME = "ALS (Spark MLlib)"  # its legend in the metric-at-K figure
 _ALS_HINT = "see two_tower.evaluation.als in conf/base/parameters_two_tower.yml"
-_ALS_KEYS = {"enabled", "signal", "max_iter", "seed", "select_by", "num_blocks", "grid"}
+_ALS_KEYS = {"enabled", "signal", "max_iter", "seed", "select_by", "num_blocks", "search"}
+_ALS_SEARCH_KEYS = {"n_trials", "seed", "space"}
 
 
 def embed_users_and_items(
@@ -95,17 +96,20 @@ def fit_als_baseline(
 ) -> dict[str, Any]:
     """Spark MLlib implicit ALS, tuned on validation, scored on test like the two-tower.
 
-    ALS is fitted in Spark on the training split at every point of ``params["als"]["grid"]``
-    (:func:`recsys_kedro.models.als.grid_search_als`); the point with the best validation
-    ``select_by`` metric (training items excluded) is kept and its factors are scored on
-    the test split by the same full-catalogue evaluation, with the same exclusions and Ks,
-    as :func:`evaluate_retrieval` uses for the model and the popularity baseline.
+    ALS is searched like the two-tower (a seeded TPE study of ``als.search.n_trials``
+    trials over ``als.search.space``: rank, reg_param, alpha, max_iter;
+    :func:`recsys_kedro.models.als.search_als`), each trial fitted in Spark on the training
+    split; the trial with the best validation ``select_by`` metric (training items excluded)
+    is kept and its factors are scored on the test split by the same full-catalogue
+    evaluation, with the same exclusions and Ks, as :func:`evaluate_retrieval` uses for the
+    model and the popularity baseline.
 
     Returns:
         ``{"enabled": False}`` when ``als.enabled`` is false (nothing is trained); otherwise
-        ``enabled``, the settings used, the chosen ``params`` (rank, reg_param, alpha), the
-        ``validation`` table (one row per grid point), the ``test`` metrics
-        (``recall@K``, ``ndcg@K`` for every K, ``n_eval_users``) and ``search_s``.
+        ``enabled``, the settings used, the ``search`` (space, trials, seed), the chosen
+        ``params`` (rank, reg_param, alpha, max_iter), ``on_boundary`` (chosen values at an
+        end of their range), the ``validation`` table (one row per trial), the ``test``
+        metrics (``recall@K``, ``ndcg@K`` for every K, ``n_eval_users``) and ``search_s``.
     """
     als = params.get("als") or {}
     if not als.get("enabled", False):
@@ -114,8 +118,17 @@ def fit_als_baseline(
     unknown = set(als) - _ALS_KEYS
     if unknown:
         raise ValueError(f"unknown ALS setting(s) {sorted(unknown)} ({_ALS_HINT})")
+    search_conf = dict(als.get("search") or {})
+    unknown = set(search_conf) - _ALS_SEARCH_KEYS
+    if unknown or "space" not in search_conf:
+        raise ValueError(
+            f"two_tower.evaluation.als.search takes {sorted(_ALS_SEARCH_KEYS)} with a "
+            f"'space' (unknown: {sorted(unknown)}) ({_ALS_HINT})"
+        )
     try:
-        grid = ALSGrid.from_mapping(als.get("grid") or {})
+        space = als_search_space(search_conf["space"])
+        n_trials = int(search_conf.get("n_trials", 20))
+        study_seed = int(search_conf.get("seed", 0))
         settings = {
             "signal": str(als.get("signal", "positives")),
             "max_iter": int(als.get("max_iter", 10)),
@@ -132,13 +145,15 @@ def fit_als_baseline(
     val_positives = validation[validation["label"] == 1]
     start = time.perf_counter()
     try:
-        search = grid_search_als(
+        search = search_als(
             train,
             val_positives["user_idx"].to_numpy(np.int64),
             val_positives["item_idx"].to_numpy(np.int64),
             n_users,
             n_items,
-            grid,
+            space,
+            n_trials=n_trials,
+            study_seed=study_seed,
             ks=common["ks"],
             exclude_users=train_pairs["user_idx"].to_numpy(np.int64),
             exclude_items=train_pairs["item_idx"].to_numpy(np.int64),
@@ -156,13 +171,14 @@ def fit_als_baseline(
     )
     per_user = test_metrics.pop("per_user")  # for the report's paired intervals
     logger.info(
-        "ALS: %d grid points in %.0fs; chose rank=%d reg_param=%g alpha=%g (validation %s "
-        "%.4f); test ndcg@%d %.4f",
+        "ALS: %d trials in %.0fs; chose rank=%d reg_param=%g alpha=%g max_iter=%d "
+        "(validation %s %.4f); test ndcg@%d %.4f",
         len(search.table),
         search_s,
         search.params["rank"],
         search.params["reg_param"],
         search.params["alpha"],
+        search.params["max_iter"],
         settings["select_by"],
         search.table[settings["select_by"]].max(),
         common["ks"][0],
@@ -171,7 +187,9 @@ def fit_als_baseline(
     return {
         "enabled": True,
         **settings,
+        "search": {"n_trials": n_trials, "seed": study_seed, "space": space.dimensions},
         "params": {k: _plain(v) for k, v in search.params.items()},
+        "on_boundary": search.on_boundary,
         "validation": [
             {k: _plain(v) for k, v in row.items()} for row in search.table.to_dict("records")
         ],
@@ -185,7 +203,8 @@ def fit_als_baseline(
 
 
 def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int) -> dict[str, Any]:
-    """``als_recall@K``, ``als_ndcg@K`` (every K), ``als_rank/reg_param/alpha``; {} if off."""
+    """``als_recall@K``, ``als_ndcg@K`` (every K), ``als_rank/reg_param/alpha/max_iter``;
+    {} if off."""
     if not als_baseline or not als_baseline.get("enabled", False):
         return {}
     test = als_baseline["test"]
@@ -207,6 +226,7 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
         als_rank=int(chosen["rank"]),
         als_reg_param=float(chosen["reg_param"]),
         als_alpha=float(chosen["alpha"]),
+        als_max_iter=int(chosen.get("max_iter", als_baseline.get("max_iter", 10))),
     )
     return out
 
@@ -303,7 +323,8 @@ def evaluate_retrieval(
         als_note,
     )
     mlflow_metrics, run_tags = metrics_and_tags(
-        metrics, tag_keys=RUN_DESCRIPTION_KEYS | {"als_rank", "als_reg_param", "als_alpha"}
+        metrics,
+        tag_keys=RUN_DESCRIPTION_KEYS | {"als_rank", "als_reg_param", "als_alpha", "als_max_iter"},
     )
     more = {_ALS_NAME: als_baseline["test"]} if als else None
     figure = metrics_at_k_figure(model_metrics, baseline, ks, more_baselines=more)
