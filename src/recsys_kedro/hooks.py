@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kedro.config import MissingConfigException
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog, MemoryDataset
@@ -62,7 +63,10 @@ class RunLockHooks:
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
-        root = str(context.config_loader["globals"].get("data_root", "data"))
+        try:
+            root = str(context.config_loader["globals"].get("data_root", "data"))
+        except (KeyError, MissingConfigException):  # no globals: the catalog's own paths
+            root = "data"
         if "://" not in root:
             root = str((context.project_path / root).resolve())
         self._data_root = root

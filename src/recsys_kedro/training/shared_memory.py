@@ -111,7 +111,8 @@ def clean_dead_runs(registry: Path | None = None) -> list[int]:
         if _alive(pid):
             continue
         segments = sum(_unlink_prefix(prefix, Path(tempfile.gettempdir())) for prefix in prefixes)
-        entry.unlink(missing_ok=True)
+        with contextlib.suppress(PermissionError):  # another user's entry: theirs to remove
+            entry.unlink(missing_ok=True)
         cleaned.extend(prefixes)
         if segments:
             logger.info(
@@ -152,7 +153,10 @@ class PrefixClaim:
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    # Read-only is enough for flock, and lets every user of the machine open the one lock.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    with contextlib.suppress(PermissionError):  # only its creator may (and need) widen it
+        os.fchmod(fd, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
