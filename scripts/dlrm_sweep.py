@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from recsys_kedro.tuning import nest_dotted
+
 #: Candidates: parameter overrides of conf/base/parameters_dlrm.yml (the first: the defaults).
 CANDIDATES: dict[str, dict[str, object]] = {
     "defaults (dlrm, dim 16, embedding_lr 0.03, dense_lr 0.003)": {},
@@ -40,24 +42,13 @@ KEYS = ("val_auc", "val_auc_lift_ratio", "test_auc", "auc_lift_ratio", "best_epo
 SWEEP_CONF = Path("conf/local/parameters_dlrm_sweep.yml")
 
 
-def _nested(overrides: dict[str, object]) -> dict:
-    out: dict = {}
-    for dotted, value in overrides.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def run(name: str, overrides: dict[str, object], out: Path) -> dict:
     command = [
         str(Path(sys.executable).parent / "kedro"), "run", "--pipelines=dlrm",
         "--from-nodes=dlrm.training.dlrm_spec",
     ]  # fmt: skip
     print(f"{name}: {overrides or 'the defaults'}", flush=True)
-    SWEEP_CONF.write_text(yaml.safe_dump(_nested(overrides)) if overrides else "{}\n")
+    SWEEP_CONF.write_text(yaml.safe_dump(nest_dotted(overrides)) if overrides else "{}\n")
     try:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     finally:

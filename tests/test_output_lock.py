@@ -79,7 +79,7 @@ def test_the_hook_locks_a_runs_persisted_outputs_until_it_ends(tmp_path):
     two_nodes = pipeline(
         [node(lambda: 1, None, "scratch", name="a"), node(lambda x: x, "scratch", "report")]
     )
-    run_params = {"pipeline_name": "demo"}
+    run_params = {"pipeline_names": ["demo"]}  # what Kedro 1.x passes
     first, second = _hooks(tmp_path), _hooks(tmp_path)
     first.before_pipeline_run(run_params, two_nodes, catalog)
     with pytest.raises(OutputsInUseError, match=r"'report'.*--pipelines=demo.*globals.yml"):

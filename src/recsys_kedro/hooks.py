@@ -81,9 +81,9 @@ class RunLockHooks:
             if dataset is not None and not isinstance(dataset, MemoryDataset):
                 outputs.append(name.split("@")[0])  # one lock for every transcoding
         self._locks = OutputLocks(self._data_root)
-        self._locks.acquire(
-            outputs, run=f"kedro run --pipelines={run_params.get('pipeline_name') or '__default__'}"
-        )
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
+        run = f"kedro run --pipelines={','.join(n for n in names if n) or '__default__'}"
+        self._locks.acquire(outputs, run=run)
 
     @hook_impl
     def after_pipeline_run(self) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_kedro.tuning import SearchSpace, apply_overrides, history_figure, run_study
+from recsys_kedro.tuning import (
+    SearchSpace,
+    apply_overrides,
+    history_figure,
+    nest_dotted,
+    run_study,
+)
 
 SPACE = SearchSpace(
     {
@@ -88,3 +94,8 @@ def test_apply_overrides_writes_nested_values_and_refuses_typos():
 def test_bad_search_spaces_are_refused(dimension, match):
     with pytest.raises(ValueError, match=match):
         SearchSpace({"x": dimension})
+
+
+def test_dotted_names_nest_into_a_parameters_shape():
+    nested = nest_dotted({"training.lr": 0.1, "training.epochs": 3, "model.dim": 8, "seed": 1})
+    assert nested == {"training": {"lr": 0.1, "epochs": 3}, "model": {"dim": 8}, "seed": 1}

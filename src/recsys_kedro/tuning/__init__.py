@@ -6,6 +6,7 @@ from recsys_kedro.tuning.study import (
     TrialRecord,
     apply_overrides,
     history_figure,
+    nest_dotted,
     run_study,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "TrialRecord",
     "apply_overrides",
     "history_figure",
+    "nest_dotted",
     "run_study",
 ]

@@ -98,6 +98,18 @@ class StudyResult:
         }
 
 
+def nest_dotted(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}`` (a parameters file's shape)."""
+    out: dict[str, Any] = {}
+    for path, value in values.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def apply_overrides(base: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of ``base`` with ``{"a.b": v}`` written at ``base["a"]["b"]``.
 

@@ -12,7 +12,13 @@ from recsys_kedro.mds import MDSFolder
 from recsys_kedro.training.run import TrainSettings, train
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import two_tower_spec_from_params
-from recsys_kedro.tuning import SearchSpace, apply_overrides, history_figure, run_study
+from recsys_kedro.tuning import (
+    SearchSpace,
+    apply_overrides,
+    history_figure,
+    nest_dotted,
+    run_study,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +34,6 @@ def _space(tune_params: dict[str, Any]) -> SearchSpace:
             raise ValueError(f"every search dimension needs a unique 'name' ({_HINT})")
         dimensions[name] = dimension
     return SearchSpace(dimensions)
-
-
-def _nest(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, value in values.items():
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
 
 
 def tune_two_tower(
@@ -105,5 +100,5 @@ def tune_two_tower(
         failed,
         result.best_params,
     )
-    best = {"two_tower": _nest(result.best_params or {})}
+    best = {"two_tower": nest_dotted(result.best_params or {})}
     return result.to_dict(), best, history_figure(result)
