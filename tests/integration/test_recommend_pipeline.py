@@ -72,7 +72,13 @@ def test_metrics_file_reports_the_funnel_against_its_baselines(pipeline_run):
     assert metrics["n_eval_users"] > 0 and metrics["epochs"] == 2
     assert (pipeline_run / "data/08_reporting/recommend_metrics_at_k.png").stat().st_size > 0
     # paired bootstrap intervals over the test users, around the reranking's differences
-    for name in ("retrieval", "logreg_rerank", "rated_pairs_rerank", "popularity"):
+    for name in (
+        "retrieval",
+        "logreg_rerank",
+        "rated_pairs_rerank",
+        "popularity",
+        "refit_retrieval",
+    ):
         low, high = metrics[f"rerank_minus_{name}_ndcg@5_ci95"]
         assert low <= metrics["rerank_ndcg@5"] - metrics[f"{name}_ndcg@5"] <= high, name
     assert metrics["rerank_minus_retrieval_recall@15_ci95"] == [0.0, 0.0]  # the same items
@@ -177,3 +183,15 @@ def test_spark_batch_inference_wrote_every_users_top_k(pipeline_run):
     assert spark_out["user_id"].nunique() == N_USERS
     assert spark_out["item_id"].tolist() == batch["item_id"].tolist()
     np.testing.assert_allclose(spark_out["score"], batch["ranker_score"], rtol=1e-4, atol=1e-6)
+
+
+def test_the_refit_baseline_learns_from_train_and_validation(pipeline_run):
+    """The two-tower trained again on both periods, for the epochs its first run kept."""
+    root = pipeline_run
+    stats = json.loads((root / "data/08_reporting/two_tower_split_statistics.json").read_text())
+    rows = sum(stats[s]["interactions"] for s in ("train", "validation"))
+    assert count_block_rows(str(root / "data/05_model_input/recommend/mds/refit.train")) == rows
+    first = json.loads((root / "data/06_models/two_tower_training_summary.json").read_text())
+    refit = json.loads((root / "data/06_models/recommend.refit_training_summary.json").read_text())
+    assert refit["epochs"] == refit["best_epoch"] == first["best_epoch"]  # no early stop
+    assert refit["monitor"] is None  # the last epoch is kept

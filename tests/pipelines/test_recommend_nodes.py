@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
+from recsys_kedro.models import two_tower as tt
 from recsys_kedro.models.ranking import build_ranking_model, make_model_file
 from recsys_kedro.pipelines.recommend import create_pipeline
 from recsys_kedro.pipelines.recommend.nodes import (
@@ -16,6 +18,9 @@ from recsys_kedro.pipelines.recommend.nodes import (
     package_recommender,
     ranker_spec,
     rated_pair_rows,
+    refit_retrieval_metrics,
+    refit_rows,
+    refit_settings,
     rerank_and_evaluate,
     retrieve_candidates,
     top_k_table,
@@ -189,6 +194,7 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
     summary = {"best_epoch": 1, "epochs": 1, "world_size": 2}
     params = {"ks": [5, 20], "top_k": 3, "seed": 0}
     other = make_model_file(config, build_ranking_model(config).state_dict())
+    refit = refit_retrieval_metrics(_refit_model(), train, validation, test, params)
     top, metrics, mlflow_metrics, tags, figure = rerank_and_evaluate(
         model,
         other,
@@ -202,14 +208,19 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
         item_index,
         report,
         summary,
+        refit,
         params,
     )
     for key in (
         "retrieval_recall@20", "retrieval_recall@5", "retrieval_ndcg@5", "rerank_recall@5",
         "rerank_ndcg@5", "ranker_test_auc", "logreg_rerank_ndcg@5", "popularity_ndcg@5",
         "ann_recall_vs_exact", "rated_pairs_rerank_ndcg@5", "val_rated_pairs_rerank_ndcg@5",
+        "refit_retrieval_ndcg@5", "rerank_minus_refit_retrieval_ndcg@5_ci95",
     ):  # fmt: skip
         assert key in metrics, key
+    assert metrics["refit_retrieval_ndcg@20"] == refit["ndcg@20"]
+    low, high = metrics["rerank_minus_refit_retrieval_ndcg@5_ci95"]
+    assert low <= metrics["rerank_ndcg@5"] - refit["ndcg@5"] <= high
     # Retrieval order over exact top-N lists is the two-tower's full-catalogue ranking.
     seen = pd.concat([train, validation])
     positives = test[test["label"] == 1]
@@ -226,8 +237,64 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
     assert metrics["val_retrieval_recall@20"] > 0 and "val_rerank_ndcg_at_5" in mlflow_metrics
     assert "test_val_rerank_ndcg_at_5" not in mlflow_metrics
     assert len(figure.axes) == 2
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "two-tower refit on train + validation" in labels
     assert list(top.columns) == ["user_id", "item_id", "rank", "retrieval_score", "ranker_score"]
     assert top.groupby("user_id").size().eq(3).all() and top["user_id"].nunique() == N_USERS
+
+
+def _refit_model() -> dict:
+    torch.manual_seed(0)  # the same weights at every call
+    config = tt.TwoTowerConfig(
+        num_users=N_USERS, num_items=N_ITEMS, embedding_dim=8, layer_sizes=(8,)
+    )
+    return tt.make_model_file(config, tt.build_two_tower(config).state_dict())
+
+
+def test_the_refit_is_the_two_tower_for_its_kept_epochs_on_both_periods():
+    spec = {"kind": "two_tower", "spec": {"name": "two_tower", "monitor": "val_ndcg@10"}}
+    params = {"epochs": 30, "patience": 3, "embedding_lr": 0.02}
+    refit_spec, refit_params = refit_settings(spec, params, {"best_epoch": 11, "epochs": 14})
+    assert refit_spec["spec"] == {  # the last epoch; nothing held out to rank
+        "name": "recommend.refit", "monitor": None, "validate_retrieval": False,
+    }  # fmt: skip
+    assert refit_params == {"epochs": 11, "patience": None, "embedding_lr": 0.02}
+    assert spec["spec"]["monitor"] == "val_ndcg@10" and params["epochs"] == 30  # not changed
+
+
+def test_refit_rows_are_train_and_validation(spark, data):
+    _, _, train, validation, _ = data
+    rows = refit_rows(spark.createDataFrame(train), spark.createDataFrame(validation))
+    assert rows.count() == len(train) + len(validation)
+
+
+def test_the_refit_is_scored_on_the_funnels_test_pairs(data):
+    _, _, train, validation, test = data
+    refit = refit_retrieval_metrics(_refit_model(), train, validation, test, {"ks": [5, 20]})
+    # the funnel's relevant pairs: test positives neither in train nor in validation
+    seen = set(
+        zip(
+            pd.concat([train, validation])["user_idx"],
+            pd.concat([train, validation])["item_idx"],
+            strict=True,
+        )
+    )
+    positives = test[test["label"] == 1]
+    unseen = [
+        u
+        for u, i in zip(positives["user_idx"], positives["item_idx"], strict=True)
+        if (u, i) not in seen
+    ]
+    assert refit["per_user"]["users"].tolist() == sorted(set(unseen))
+    model = tt.model_from_file(_refit_model())
+    users = model.encode_users(torch.arange(N_USERS))
+    items = model.encode_items(torch.arange(N_ITEMS))
+    both = pd.concat([train, validation])
+    direct = full_catalogue_topk_metrics(
+        embedding_score_fn(users, items), N_ITEMS, positives["user_idx"], positives["item_idx"],
+        both["user_idx"], both["item_idx"], ks=[5, 20],
+    )  # fmt: skip
+    assert refit["ndcg@20"] == pytest.approx(direct["ndcg@20"])
 
 
 def test_top_k_table_orders_by_ranker_score_and_translates_ids():
@@ -260,6 +327,12 @@ def test_the_pipeline_reads_two_tower_outputs_and_reuses_the_shared_stages():
     assert "two_tower.evaluation.fit_als_baseline" not in names
     assert "recommend.rated_pairs.training.train_model" in names  # the ablation's ranker
     assert "recommend.rated_pairs.export.export_test" not in names
+    refit = next(n for n in pipeline.nodes if n.name == "recommend.refit.refit_two_tower")
+    assert refit.inputs[:2] == ["recommend.refit.train_mds", "two_tower.validation_mds"]
+    assert "two_tower.training_summary" in refit.inputs  # its epochs: the two-tower's kept ones
+    assert {"recommend.refit.export.export_train"} == {
+        n for n in names if n.startswith("recommend.refit.export")
+    }
     assert {"raw_interactions", "raw_users", "raw_items"} <= pipeline.inputs()
 
 

@@ -249,3 +249,13 @@ def test_validator_needs_validation_positives():
 def test_spec_rejects_bad_validation_settings(overrides, match):
     with pytest.raises(ValueError, match=match):
         _spec(**overrides)
+
+
+def test_a_spec_without_retrieval_validation_has_no_validator_and_no_such_monitor():
+    """A refit on train + validation has nothing held out to rank (the refit baseline)."""
+    config = TwoTowerConfig(num_users=3, num_items=4)
+    spec = TwoTowerSpec(model=config, monitor=None, validate_retrieval=False)
+    assert spec.make_validator(None, None) is None  # the folders are not even read
+    assert TwoTowerSpec(model=config, monitor="val_auc", validate_retrieval=False).monitor
+    with pytest.raises(ValueError, match=r"monitor must be None or one of \['val_auc'\]"):
+        TwoTowerSpec(model=config, validate_retrieval=False)  # the default monitor needs it

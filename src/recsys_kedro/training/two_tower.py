@@ -66,6 +66,9 @@ class TwoTowerSpec:
     validation_ks: tuple[int, ...] = (10,)
     validation_max_users: int | None = None
     validation_seed: int = 0
+    #: False: no per-epoch retrieval metrics (a refit whose training data holds the
+    #: validation period has nothing held out to rank); then ``monitor`` must be None.
+    validate_retrieval: bool = True
 
     report_val_loss = False  # ModelSpec: a class attribute, not a field (see config.py)
 
@@ -79,6 +82,8 @@ class TwoTowerSpec:
                 f"validation_max_users must be >= 1 or None, got {self.validation_max_users}"
             )
         allowed = {f"val_{m}@{k}" for m in ("recall", "ndcg") for k in ks} | {"val_auc"}
+        if not self.validate_retrieval:
+            allowed = {"val_auc"}
         if self.monitor is not None and self.monitor not in allowed:
             raise ValueError(
                 f"monitor must be None or one of {sorted(allowed)} (the per-epoch validation "
@@ -130,8 +135,11 @@ class TwoTowerSpec:
         towers = {k[len(_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
         return make_model_file(self.model, towers)
 
-    def make_validator(self, train: MDSFolder, validation: MDSFolder) -> RetrievalValidator:
-        """Read the masks and the validation positives once (rank 0); see the class."""
+    def make_validator(self, train: MDSFolder, validation: MDSFolder) -> RetrievalValidator | None:
+        """Read the masks and the validation positives once (rank 0); see the class. None
+        when ``validate_retrieval`` is off."""
+        if not self.validate_retrieval:
+            return None
         return RetrievalValidator.from_folders(self, train, validation)
 
     def to_dict(self) -> dict[str, Any]:

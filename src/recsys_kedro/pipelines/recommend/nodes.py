@@ -15,11 +15,13 @@ Nodes are thin: the index and list logic is :mod:`recsys_kedro.retrieval`, the f
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -31,10 +33,12 @@ from recsys_kedro.evaluation.ranking import logistic_regression_scores
 from recsys_kedro.evaluation.retrieval import (
     auc,
     embedding_matrix,
+    embedding_score_fn,
     full_catalogue_topk_metrics,
     paired_intervals,
     popularity_score_fn,
 )
+from recsys_kedro.models import two_tower as two_tower_model
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
 from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.retrieval import IndexConfig, build_index, recall_vs_exact, search
@@ -46,7 +50,8 @@ from recsys_kedro.retrieval.candidates import (
     split_users,
 )
 from recsys_kedro.training.ranking import RankingSpec
-from recsys_kedro.training.specs import spec_to_dict
+from recsys_kedro.training.run import TrainSettings, train
+from recsys_kedro.training.specs import spec_from_dict, spec_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +445,7 @@ def rerank_and_evaluate(
     item_index: pd.DataFrame,
     retrieval_report: dict[str, Any],
     training_summary: dict[str, Any],
+    refit_report: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, dict[str, float]], dict[str, Any], Figure]:
     """Rerank the serve lists with the ranker, write each user's top K, and score the funnel.
@@ -449,7 +455,11 @@ def rerank_and_evaluate(
     ``logreg_rerank_*`` by a logistic regression on the same dense features fitted on the
     same fit lists, ``rated_pairs_rerank_*`` by the same ranker trained pointwise on the
     train split's rated pairs (the ablation that shows why the ranker learns from lists),
-    ``popularity_*`` is the full-catalogue most-popular baseline;
+    ``popularity_*`` is the full-catalogue most-popular baseline, ``refit_retrieval_*`` the
+    full-catalogue order of the two-tower refit on train + validation
+    (:func:`refit_retrieval_metrics`: the validation period the ranker learns from, seen by
+    retrieval too); ``rerank_minus_<baseline>_<metric>@K_ci95`` are paired bootstrap
+    intervals over the test users;
     ``ranker_test_auc`` is the ranker's AUC over the serve rows of evaluated users. The
     ``val_*`` keys make the same comparison on the holdout lists (choose settings by them).
 
@@ -496,6 +506,7 @@ def rerank_and_evaluate(
         ("logreg_rerank", logreg),
         ("rated_pairs_rerank", rated_pairs),
         ("popularity", popularity),
+        ("refit_retrieval", refit_report),
     ):
         for k in ks:
             metrics[f"{name}_recall@{k}"] = float(values[f"recall@{k}"])
@@ -506,6 +517,7 @@ def rerank_and_evaluate(
         ("logreg_rerank", logreg),
         ("rated_pairs_rerank", rated_pairs),
         ("popularity", popularity),
+        ("refit_retrieval", refit_report),
     ):
         intervals = paired_intervals(rerank["per_user"], values["per_user"], name, ks)
         metrics.update({f"rerank_{key}": value for key, value in intervals.items()})
@@ -564,6 +576,7 @@ def rerank_and_evaluate(
         more_baselines={
             "logistic regression rerank": logreg,
             "ranker trained on rated pairs": rated_pairs,
+            "two-tower refit on train + validation": refit_report,
             "most popular": popularity,
         },
     )
@@ -580,6 +593,73 @@ RUN_TAGS = (
     "n_train",
     "n_test",
 )
+
+
+# --------------------------------------------------------------------------------------
+# the refit baseline: the two-tower trained again on train + validation
+# --------------------------------------------------------------------------------------
+
+
+def refit_rows(train: DataFrame, validation: DataFrame) -> DataFrame:
+    """The two-tower's train and validation rows together: the refit learns from the
+    validation period too, as the ranker (whose labels come from it) does."""
+    return train.unionByName(validation)
+
+
+def refit_settings(
+    model_spec: dict[str, Any], training_params: dict[str, Any], training_summary: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The refit's spec (the two-tower's, named ``recommend.refit``, keeping its last epoch:
+    no period is left to choose one by) and settings (the two-tower's, for as many epochs
+    as its run kept, no early stop)."""
+    spec = copy.deepcopy(model_spec)
+    # No retrieval validation: the validation period is part of its training data.
+    spec["spec"].update(name="recommend.refit", monitor=None, validate_retrieval=False)
+    params = {**training_params, "epochs": int(training_summary["best_epoch"]), "patience": None}
+    return spec, params
+
+
+def refit_two_tower(
+    train_mds: Any,
+    validation_mds: Any,
+    model_spec: dict[str, Any],
+    training_params: dict[str, Any],
+    launch_params: dict[str, Any],
+    training_summary: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train the refit (:func:`refit_settings`) on train + validation; its model file and
+    training summary. No resume checkpoints (a short run of a baseline)."""
+    spec, params = refit_settings(model_spec, training_params, training_summary)
+    settings = TrainSettings.from_params(params, {**launch_params, "checkpoints": None})
+    result = train(spec_from_dict(spec), spec, train_mds, validation_mds, settings)
+    return result.model, result.summary
+
+
+def refit_retrieval_metrics(
+    refit_model: dict[str, Any],
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The refit's full-catalogue order on test, train and validation items excluded: the
+    test positives the funnel is scored on, so its per-user values pair with the funnel's."""
+    model = two_tower_model.model_from_file(refit_model)
+    n_users, n_items = (int(refit_model["config"][k]) for k in ("num_users", "num_items"))
+    user_emb = model.encode_users(torch.arange(n_users))
+    item_emb = model.encode_items(torch.arange(n_items))
+    rel_u, rel_i = _relevant(test, train, validation)
+    seen = pd.concat([train[["user_idx", "item_idx"]], validation[["user_idx", "item_idx"]]])
+    return full_catalogue_topk_metrics(
+        embedding_score_fn(user_emb, item_emb),
+        n_items,
+        rel_u,
+        rel_i,
+        seen["user_idx"].to_numpy(np.int64),
+        seen["item_idx"].to_numpy(np.int64),
+        ks=sorted({int(k) for k in params["ks"]}),
+        per_user=True,
+    )
 
 
 def top_k_table(

@@ -6,7 +6,9 @@ split, in Spark) -> ``export`` and ``training`` (the shared modular pipelines: t
 ranker on the fit lists, stopped on the holdout lists) -> ``evaluation`` (rerank the serve
 lists, top K, report) -> ``serving`` (the funnel as one MLflow pyfunc model).
 ``rated_pairs``: the ablation, the same ranker (same stages, same parameters) trained
-pointwise on the train split's rated pairs.
+pointwise on the train split's rated pairs. ``refit``: the baseline, the two-tower trained
+again on train + validation (the period the ranker's labels come from), whose
+full-catalogue order the reranking must beat.
 """
 
 import warnings
@@ -28,6 +30,9 @@ from .nodes import (
     rated_pair_rows,
     rated_pairs_spec,
     recommend_all_users,
+    refit_retrieval_metrics,
+    refit_rows,
+    refit_two_tower,
     rerank_and_evaluate,
     retrieve_candidates,
 )
@@ -122,6 +127,73 @@ def _rated_pairs_ablation() -> Pipeline:
             "params:launch": "params:launch",
         },
     )
+
+
+def _refit_baseline() -> Pipeline:
+    """The two-tower trained again on train + validation, for as many epochs as its run
+    kept (namespace ``recommend.refit``), and its full-catalogue order scored on test."""
+    nodes = Pipeline(
+        [
+            node(
+                refit_rows,
+                inputs=[f"{TT}.train_split@spark", f"{TT}.validation_split@spark"],
+                outputs="train_split@spark",
+                name="refit_rows",
+            ),
+            node(
+                refit_two_tower,
+                inputs=[
+                    "train_mds",
+                    f"{TT}.validation_mds",
+                    f"{TT}.model_spec",
+                    f"params:{TT}.training",
+                    "params:launch",
+                    f"{TT}.training_summary",
+                ],
+                outputs=["model", "training_summary"],
+                name="refit_two_tower",
+            ),
+            node(
+                refit_retrieval_metrics,
+                inputs=[
+                    "model",
+                    f"{TT}.train_split@pandas",
+                    f"{TT}.validation_split@pandas",
+                    f"{TT}.test_split@pandas",
+                    "params:evaluation",
+                ],
+                outputs="retrieval_metrics",
+                name="refit_retrieval_metrics",
+            ),
+        ]
+    )
+    export_train = Pipeline(
+        [n for n in export.create_pipeline().nodes if n.name == "export.export_train"]
+    )
+    return Pipeline(
+        nodes + export_train,
+        namespace="refit",
+        inputs=_REFIT_INPUTS,
+        parameters={
+            "params:export": f"params:{TT}.export",
+            f"params:{TT}.training": f"params:{TT}.training",
+            "params:launch": "params:launch",
+            "params:evaluation": "params:evaluation",
+        },
+    )
+
+
+#: The two_tower datasets the refit reads (by their own names, outside its namespace).
+_REFIT_INPUTS = {
+    f"{TT}.train_split@spark",
+    f"{TT}.validation_split@spark",
+    f"{TT}.validation_mds",
+    f"{TT}.model_spec",
+    f"{TT}.training_summary",
+    f"{TT}.train_split@pandas",
+    f"{TT}.validation_split@pandas",
+    f"{TT}.test_split@pandas",
+}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -248,6 +320,7 @@ def _create_pipeline() -> Pipeline:
                     f"{TT}.item_index@pandas",
                     "retrieval_report",
                     "training_summary",
+                    "refit.retrieval_metrics",
                     "params:evaluation",
                 ],
                 outputs=["recommendations", "metrics", "test_metrics", "run_tags", "metrics_at_k"],
@@ -295,6 +368,7 @@ def _create_pipeline() -> Pipeline:
         + spec
         + _ranker_training()
         + _rated_pairs_ablation()
+        + _refit_baseline()
         + evaluation
         + serving,
         namespace=NAMESPACE,
@@ -311,7 +385,8 @@ def _create_pipeline() -> Pipeline:
             f"{TT}.item_index@spark",
             f"{TT}.user_index@pandas",
             f"{TT}.item_index@pandas",
+            *_REFIT_INPUTS,
         },
-        parameters={"params:launch"},
+        parameters={"params:launch", f"params:{TT}.export", f"params:{TT}.training"},
     )
     return _two_tower_stages() + funnel
