@@ -27,12 +27,17 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "defaults (dlrm, dim 16, embedding_lr 0.03, dense_lr 0.003)": {},
     "embedding_lr 0.015": {"dlrm.training.embedding_lr": 0.015},
     "embedding_lr 0.06": {"dlrm.training.embedding_lr": 0.06},
+    "embedding_lr 0.12": {"dlrm.training.embedding_lr": 0.12},
     "dense_lr 0.001": {"dlrm.training.dense_lr": 0.001},
     "embedding_dim 32": {
         "dlrm.model.embedding_dim": 32,
         "dlrm.model.dense_arch_layer_sizes": [64, 32],
     },
     "dlrm_dcn": {"dlrm.model.architecture": "dlrm_dcn"},
+    "dlrm_dcn, embedding_lr 0.06": {
+        "dlrm.model.architecture": "dlrm_dcn",
+        "dlrm.training.embedding_lr": 0.06,
+    },
     "deepfm": {"dlrm.model.architecture": "deepfm"},
 }
 

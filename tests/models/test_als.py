@@ -182,6 +182,12 @@ def test_bad_settings_fail_before_any_fit(planted):
         search_als(train_df, *args, SPACE, signal="clicks")
     with pytest.raises(ValueError, match="max_iter"):
         search_als(train_df, *args, SPACE, max_iter=0)
+    # the test session has no checkpoint folder: a long ALS would overflow the driver's stack
+    long_runs = [*SPACE, {"name": "max_iter", "type": "int", "low": 5, "high": 30}]
+    with pytest.raises(ValueError, match="max_iter 30.*spark.checkpoint.dir"):
+        search_als(train_df, *args, long_runs)
+    with pytest.raises(ValueError, match="max_iter 20.*spark.checkpoint.dir"):
+        fit_als(train_df, rank=2, reg_param=0.1, alpha=1.0, max_iter=20)
     with pytest.raises(ValueError, match=r"lack the column\(s\) \['rating'\]"):
         fit_als(train_df.drop("rating"), rank=2, reg_param=0.1, alpha=1.0, signal="ratings")
     with pytest.raises(ValueError, match="nothing to fit"):

@@ -205,6 +205,22 @@ def _require_rows(prefs: DataFrame, signal: str) -> DataFrame:
     return prefs
 
 
+#: MLlib's ALS cuts its lineage every 10 iterations only into a checkpoint folder; without
+#: one, a longer run's task serialisation overflows the driver's stack (at 20 here).
+_ITERATIONS_WITHOUT_CHECKPOINTS = 12
+
+
+def _check_lineage(data: DataFrame, max_iter: int) -> None:
+    if max_iter > _ITERATIONS_WITHOUT_CHECKPOINTS and not (
+        data.sparkSession.sparkContext.getCheckpointDir()
+    ):
+        raise ValueError(
+            f"ALS with max_iter {max_iter} (> {_ITERATIONS_WITHOUT_CHECKPOINTS}) needs a Spark "
+            "checkpoint folder, or its lineage overflows the driver's stack: set "
+            "spark.checkpoint.dir in the Spark configuration"
+        )
+
+
 def _check_fit_args(max_iter: int, num_blocks: int | None) -> None:
     if operator.index(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -232,6 +248,7 @@ def fit_als(
     """
     _check_point(rank, reg_param, alpha)
     _check_fit_args(max_iter, num_blocks)
+    _check_lineage(interactions, max_iter)
     prefs = _require_rows(preferences(interactions, signal), signal)
     return _fit(
         prefs,
@@ -354,6 +371,8 @@ def search_als(
     eval_ks = list(dict.fromkeys([*(int(k) for k in ks), select_k]))
     if (exclude_users is None) != (exclude_items is None):
         raise ValueError("give both exclude_users and exclude_items, or neither")
+    iterations = space.dimensions.get("max_iter", {"high": max_iter})
+    _check_lineage(train, int(max(iterations.get("choices") or [iterations["high"]])))
     if exclude_users is None:
         exclude_users, exclude_items = _train_pairs(train)
 

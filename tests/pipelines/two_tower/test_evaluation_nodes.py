@@ -306,3 +306,5 @@ def test_two_tower_persists_the_als_baseline_and_configures_it():
     space = als_search_space(als["search"]["space"])
     assert set(space.dimensions) == {"rank", "reg_param", "alpha", "max_iter"}
     assert als["search"]["n_trials"] == loader["parameters"]["two_tower"]["tune"]["n_trials"]
+    # long ALS runs cut their lineage into a checkpoint folder under the data root
+    assert loader["spark"]["spark.checkpoint.dir"].startswith("data/06_models/")
