@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
@@ -52,7 +53,9 @@ def test_dlrm_on_databricks_trains_on_gpus_from_volumes(databricks):
     assert loader["parameters"]["dlrm"]["training"]["batch_size"] == 8192  # the model's own
     assert str(catalog.get("dlrm.train_mds")._describe()["filepath"]).startswith("/Volumes/")
     # base parameters still apply where databricks does not override them
-    assert loader["parameters"]["dlrm"]["model"]["architecture"] == "dlrm"
+    base = yaml.safe_load((CONF / "base" / "parameters_dlrm.yml").read_text())
+    architecture = base["dlrm"]["model"]["architecture"]
+    assert loader["parameters"]["dlrm"]["model"]["architecture"] == architecture
 
 
 def test_databricks_reads_unity_catalog_and_writes_volumes(databricks):

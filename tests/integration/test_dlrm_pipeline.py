@@ -31,6 +31,7 @@ PARAMS = {
         },
         "export": {"num_partitions": 2},
         "model": {
+            "architecture": "dlrm",  # the checks below are of this one (the default is DCN)
             "embedding_dim": 8,
             "dense_arch_layer_sizes": [16, 8],
             "over_arch_layer_sizes": [16, 1],

@@ -650,7 +650,7 @@ def refit_retrieval_metrics(
     item_emb = model.encode_items(torch.arange(n_items))
     rel_u, rel_i = _relevant(test, train, validation)
     seen = pd.concat([train[["user_idx", "item_idx"]], validation[["user_idx", "item_idx"]]])
-    return full_catalogue_topk_metrics(
+    metrics = full_catalogue_topk_metrics(
         embedding_score_fn(user_emb, item_emb),
         n_items,
         rel_u,
@@ -660,6 +660,8 @@ def refit_retrieval_metrics(
         ks=sorted({int(k) for k in params["ks"]}),
         per_user=True,
     )
+    metrics["per_user"] = {k: v.tolist() for k, v in metrics["per_user"].items()}  # JSON
+    return metrics
 
 
 def top_k_table(
