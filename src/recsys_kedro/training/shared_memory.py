@@ -43,15 +43,14 @@ from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
 
+from streaming.base.constant import BARRIER_FILELOCK, CACHE_FILELOCK, SHM_TO_CLEAN
+
 logger = logging.getLogger(__name__)
 
 REGISTRY_NAME = "recsys-kedro-mosaic"
-#: Mosaic's shared-memory names and file locks of one prefix (``streaming.base.constant``).
-_SHM_NAMES = (
-    "locals", "barrier", "next_epoch", "cache_usage", "shard_states",
-    "shard_access_times", "resume", "epoch_shape", "epoch_data",
-)  # fmt: skip
-_FILELOCK_NAMES = ("barrier_filelock", "cache_filelock")
+#: Mosaic's shared-memory names and file locks of one prefix, from Mosaic itself.
+_SHM_NAMES = tuple(SHM_TO_CLEAN)
+_FILELOCK_NAMES = (BARRIER_FILELOCK, CACHE_FILELOCK)
 
 
 def registry_dir() -> Path:
