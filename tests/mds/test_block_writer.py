@@ -200,6 +200,8 @@ def test_round_trip(spark, tmp_path, compression):
 def test_streaming_dataset_iterates_the_blocks(spark, tmp_path):
     from streaming import StreamingDataset
 
+    from recsys_kedro.mds.shared_memory import claimed_datasets
+
     folder = write_mds_blocks(
         make_frame(spark, 40, seed=3, partitions=2),
         path=str(tmp_path / "blocks_for_streaming"),
@@ -208,7 +210,8 @@ def test_streaming_dataset_iterates_the_blocks(spark, tmp_path):
         block_rows=BLOCK_ROWS,
     )
     gc.collect()
-    dataset = StreamingDataset(local=folder.local, remote=None, batch_size=1)
+    with claimed_datasets():  # prefixes of this process's own, beside other runs
+        dataset = StreamingDataset(local=folder.local, remote=None, batch_size=1)
     try:
         assert len(dataset) == folder.num_samples
         samples = list(dataset)

@@ -121,11 +121,12 @@ def _notebook_kjt(batch: dict[str, torch.Tensor]):
 
 
 def _row_loader(folder, batch_size: int, cache: Path):
-    from streaming import StreamingDataset
     from torch.utils.data import DataLoader
 
-    dataset = StreamingDataset(
-        remote=folder.local, local=str(cache), batch_size=batch_size, shuffle=True, shuffle_seed=0
+    from recsys_kedro.mds import make_streaming_dataset
+
+    dataset = make_streaming_dataset(
+        folder, batch_size=batch_size, shuffle=True, seed=0, local_cache_dir=str(cache)
     )
     return DataLoader(dataset, batch_size=batch_size, num_workers=0)
 

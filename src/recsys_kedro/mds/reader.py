@@ -6,10 +6,11 @@
   evaluation jobs.
 
 Mosaic shared memory: every ``StreamingDataset`` alive at the same time needs its own local
-directory. Training ranks make their datasets under
-:func:`recsys_kedro.training.shared_memory.claiming_prefixes`, which gives each run prefixes of
-its own and removes only those of runs that are gone (never Mosaic's
-``clean_stale_shared_memory()``, which unlinks live runs' too).
+directory. Datasets are made under
+:func:`recsys_kedro.mds.shared_memory.claiming_prefixes` (the trainer's claim, or one of
+:func:`make_streaming_dataset`'s own), which gives each run prefixes of its own and removes
+only those of runs that are gone (never Mosaic's ``clean_stale_shared_memory()``, which
+unlinks live runs' too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recsys_kedro.mds.shared_memory import claimed_datasets
 from recsys_kedro.mds.writer import INDEX_BASENAME, MDSFolder, _fs_and_path, _read_index
 
 if TYPE_CHECKING:
@@ -110,14 +112,19 @@ def make_streaming_dataset(
         remote, local = folder.remote, local_cache_dir or folder.local
     if remote is not None:
         _check_cache_matches(remote, local)
-    return (dataset_cls or StreamingDataset)(
-        remote=remote,
-        local=local,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        shuffle_seed=seed,
-        **kwargs,
-    )
+    # Prefixes of this process's (or run's) own, also beside other runs on the machine; inside
+    # the trainer's claim this joins it.
+    with claimed_datasets() as claim:
+        dataset = (dataset_cls or StreamingDataset)(
+            remote=remote,
+            local=local,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            shuffle_seed=seed,
+            **kwargs,
+        )
+        claim.record([dataset])
+    return dataset
 
 
 def _to_array(values: list[Any], encoding: str) -> np.ndarray:

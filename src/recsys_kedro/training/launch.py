@@ -202,7 +202,7 @@ def launch(
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     # No clean-up of Mosaic's shared memory here: its `clean_stale_shared_memory()` would also
     # unlink a live run's. The ranks claim prefixes of their own and remove only those of runs
-    # that are gone (recsys_kedro.training.shared_memory).
+    # that are gone (recsys_kedro.mds.shared_memory).
     start = time.perf_counter()
     logger.info(
         "launching %s on %d process(es) (%s mode, %s)",

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from recsys_kedro.mds.shared_memory import claiming_prefixes
 from recsys_kedro.models.model_file import save_model_file
 from recsys_kedro.quiet import silence_known_noise
 from recsys_kedro.training.config import (
@@ -70,7 +71,6 @@ from recsys_kedro.training.sharding import (
     restore_local_state,
     snapshot_local_state,
 )
-from recsys_kedro.training.shared_memory import claiming_prefixes
 from recsys_kedro.training.steps import (
     batches,
     evaluate,

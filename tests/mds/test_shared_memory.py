@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_kedro.training.shared_memory import (
+from recsys_kedro.mds.shared_memory import (
     _try_lock,
     claiming_prefixes,
     clean_dead_runs,
+    in_claim,
+    registry_dir,
 )
 
 #: A process that makes one streaming dataset under the registry's lock and prints when it
@@ -27,7 +29,7 @@ CLAIM_IN_ANOTHER_PROCESS = """
 import json, sys, time
 from pathlib import Path
 from streaming import StreamingDataset
-from recsys_kedro.training.shared_memory import claiming_prefixes
+from recsys_kedro.mds.shared_memory import claiming_prefixes
 print("trying", flush=True)
 with claiming_prefixes(True, registry=Path(sys.argv[1])) as claim:
     locked_at = time.time()
@@ -37,22 +39,27 @@ print(json.dumps({"locked_at": locked_at, "prefixes": prefixes}))
 """
 
 
-@pytest.fixture
-def mds_folder(tmp_path) -> str:
+def _mds(folder: Path) -> str:
     from streaming import MDSWriter
 
-    folder = tmp_path / "mds"
     with MDSWriter(out=str(folder), columns={"x": "int64"}) as writer:
         for i in range(8):
             writer.write({"x": np.int64(i)})
     return str(folder)
 
 
-def test_two_runs_claim_their_prefixes_one_after_the_other(tmp_path, mds_folder):
+@pytest.fixture
+def mds_folder(tmp_path) -> str:
+    return _mds(tmp_path / "mds")
+
+
+def test_two_runs_claim_their_prefixes_one_after_the_other(mds_folder):
+    """On the machine's own registry and lock, which every run here takes (other test
+    workers' claims included)."""
     from streaming import StreamingDataset
 
-    registry = tmp_path / "registry"
-    with claiming_prefixes(True, registry=registry) as claim:
+    registry = registry_dir()
+    with claiming_prefixes(True) as claim:
         other = subprocess.Popen(
             [sys.executable, "-c", CLAIM_IN_ANOTHER_PROCESS, str(registry), mds_folder],
             stdout=subprocess.PIPE,
@@ -70,8 +77,33 @@ def test_two_runs_claim_their_prefixes_one_after_the_other(tmp_path, mds_folder)
     assert mine and theirs["prefixes"] and set(mine).isdisjoint(theirs["prefixes"])
     # Each claim left an entry naming its process; the other process removed its own at exit.
     entries = [json.loads(p.read_text()) for p in registry.glob("*.json")]
-    assert [(e["pid"], e["prefixes"]) for e in entries] == [(os.getpid(), mine)]
+    assert {"pid": os.getpid(), "prefixes": mine} in [
+        {"pid": e["pid"], "prefixes": e["prefixes"]} for e in entries
+    ]
+    assert all(e["pid"] != other.pid for e in entries)
     del dataset
+
+
+def test_datasets_made_outside_the_trainer_are_claimed_and_a_nested_claim_joins(tmp_path):
+    """make_streaming_dataset claims prefixes itself (a notebook or test beside a run), and
+    inside another claim of this process joins it rather than waiting for its own lock."""
+    from recsys_kedro.mds import make_streaming_dataset
+    from recsys_kedro.mds.writer import MDSFolder
+
+    folder = MDSFolder(
+        remote=None, local=_mds(tmp_path / "mds"), num_samples=8, columns={"x": "int64"}
+    )
+    alone = make_streaming_dataset(folder, batch_size=1, shuffle=False, seed=0)
+    entries = [json.loads(p.read_text()) for p in registry_dir().glob("*.json")]
+    assert [alone._shm_prefix_int] in [e["prefixes"] for e in entries if e["pid"] == os.getpid()]
+    with claiming_prefixes(True, timeout_s=5) as outer:
+        assert in_claim()
+        inner = make_streaming_dataset(
+            folder, batch_size=1, shuffle=False, seed=0, local_cache_dir=str(tmp_path / "c")
+        )  # would time out if it took the lock again
+        assert outer.record([inner]) == [inner._shm_prefix_int] != [alone._shm_prefix_int]
+    assert not in_claim()
+    del alone, inner
 
 
 def _make_segments(prefix: int) -> list[shared_memory.SharedMemory]:

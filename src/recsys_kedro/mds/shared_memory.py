@@ -164,6 +164,17 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+#: How many claims this process is inside: a claim made inside another one (a dataset made by
+#: :func:`recsys_kedro.mds.make_streaming_dataset` while the trainer claims its loaders') joins
+#: the outer claim, whose lock is already held (a second ``flock`` would wait for ever).
+_held = {"claims": 0}
+
+
+def in_claim() -> bool:
+    """Whether this process is inside :func:`claiming_prefixes` now."""
+    return _held["claims"] > 0
+
+
 @contextlib.contextmanager
 def claiming_prefixes(
     leader: bool,
@@ -173,7 +184,8 @@ def claiming_prefixes(
     timeout_s: float = 600.0,
 ) -> Iterator[PrefixClaim]:
     """Hold this machine's Mosaic lock (the local leader takes it) while the body makes the
-    run's streaming datasets; a collective when ``all_agree`` is one.
+    run's streaming datasets; a collective when ``all_agree`` is one. Inside another claim of
+    this process it only joins that one (the outer claim records the datasets).
 
     Args:
         leader: Whether this process is its machine's local leader (Mosaic's local rank 0).
@@ -183,6 +195,9 @@ def claiming_prefixes(
         timeout_s: Give up waiting for other runs' claims after this long.
     """
     registry = registry or registry_dir()
+    if _held["claims"]:
+        yield PrefixClaim(leader=False, registry=registry)
+        return
     if leader:
         registry.mkdir(parents=True, exist_ok=True)
         # Everyone may run on this machine: the shared folder and lock are open to all.
@@ -207,11 +222,36 @@ def claiming_prefixes(
             logger.info("waiting for another run on this machine to make its datasets")
             waited = True
         time.sleep(random.uniform(0.05, 0.5))
+    _held["claims"] += 1
     try:
         if leader:
             clean_dead_runs(registry)
         yield PrefixClaim(leader=leader, registry=registry)
         all_agree(True)  # every rank has made its datasets before the lock is let go
     finally:
+        _held["claims"] -= 1
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+def process_group_agrees(ok: bool) -> bool:
+    """``all_agree`` over the default process group (every rank calls it); ``ok`` itself in a
+    single process."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ok
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([0.0 if ok else 1.0], device=device)
+    dist.all_reduce(flag)
+    return float(flag.item()) == 0.0
+
+
+@contextlib.contextmanager
+def claimed_datasets() -> Iterator[PrefixClaim]:
+    """:func:`claiming_prefixes` for code that makes streaming datasets outside the trainer:
+    this process alone, or every rank of the default process group (a collective then, led by
+    each machine's local rank 0)."""
+    with claiming_prefixes(os.environ.get("LOCAL_RANK", "0") == "0", process_group_agrees) as claim:
+        yield claim
