@@ -53,7 +53,7 @@ def test_kedro_viz_build(tmp_path):
     assert {f"dlrm.{s}" for s in ("data", "export", "training", "evaluation")} <= dlrm_modular
     # the shared stages are the same nodes, instantiated once per pipeline
     tasks = {n["name"] for n in dlrm["nodes"] if n["type"] == "task"}
-    assert {"train_model", "export_train", "generate_click_logs", "evaluate_ranking"} <= tasks
+    assert {"train_model", "export_train", "read_click_logs", "evaluate_ranking"} <= tasks
     funnel = json.loads((tmp_path / "build" / "api" / "pipelines" / "recommend").read_text())
     funnel_modular = {n["name"] for n in funnel["nodes"] if n["type"] == "modularPipeline"}
     # the funnel: the two_tower stages it needs, then its own, sharing export and training

@@ -7,8 +7,38 @@ from __future__ import annotations
 from typing import Any
 
 from recsys_kedro.data.click_logs import ClickLogSpec
+from recsys_kedro.data.criteo import CriteoLayout
 
 DLRM_CONF = "conf/base/parameters_dlrm.yml"
+
+
+CLICK_LOG_SOURCES = ("generator", "criteo")
+
+
+def click_log_source(data_params: dict[str, Any]) -> str:
+    """``dlrm.data.source``: ``generator`` (the planted demo) or ``criteo`` (the catalog's
+    ``dlrm.raw_click_logs``)."""
+    source = data_params.get("source", "generator")
+    if source not in CLICK_LOG_SOURCES:
+        raise ValueError(
+            f"dlrm.data.source: {source!r} is not one of {CLICK_LOG_SOURCES} (in {DLRM_CONF})"
+        )
+    return source
+
+
+def criteo_layout(data_params: dict[str, Any]) -> CriteoLayout:
+    """The click logs' layout and encoding from ``dlrm.data.criteo``."""
+    try:
+        return CriteoLayout.from_params(data_params.get("criteo") or {})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dlrm.data.criteo: {exc} (in {DLRM_CONF})") from exc
+
+
+def click_log_settings(data_params: dict[str, Any]) -> ClickLogSpec | CriteoLayout:
+    """The settings of the source ``dlrm.data.source`` names (checked before Spark starts)."""
+    if click_log_source(data_params) == "criteo":
+        return criteo_layout(data_params)
+    return click_log_spec(data_params)
 
 
 def click_log_spec(data_params: dict[str, Any]) -> ClickLogSpec:

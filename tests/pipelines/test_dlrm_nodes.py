@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
+from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
 from recsys_kedro.hooks import SparkHooks
@@ -19,7 +20,7 @@ from recsys_kedro.pipelines.dlrm.nodes import (
     click_log_spec,
     dlrm_spec,
     evaluate_ranking,
-    generate_click_logs,
+    read_click_logs,
     split_click_logs,
     summarise_click_logs,
 )
@@ -74,14 +75,20 @@ def test_bad_parameters_fail_in_the_hook_before_spark_starts(monkeypatch):
 
 @pytest.fixture(scope="module")
 def splits(spark):
-    logs = generate_click_logs(DATA)
-    train, validation, test = split_click_logs(logs, DATA)
+    logs = read_click_logs(None, DATA)
+    train, validation, test, vocabularies = split_click_logs(logs, DATA)
+    assert vocabularies.count() == 0  # the generator's ids are indexes already
     return logs, train, validation, test
+
+
+def _stats(train, validation, test, data=DATA):
+    empty = train.sparkSession.createDataFrame([], "feature string, token string, index int")
+    return summarise_click_logs(train, validation, test, empty, data)
 
 
 def test_generated_logs_split_without_loss_and_summarised(splits):
     logs, train, validation, test = splits
-    stats = summarise_click_logs(train, validation, test, DATA)
+    stats = _stats(train, validation, test)
     assert sum(stats[s]["rows"] for s in ("train", "validation", "test")) == logs.count() == 3000
     assert stats["train"]["rows"] > stats["test"]["rows"]
     assert stats["jagged_features"] == ["sparse_1"] and stats["cardinalities"] == [5, 20, 50, 8]
@@ -92,21 +99,21 @@ def test_generated_logs_split_without_loss_and_summarised(splits):
 def test_an_empty_split_is_refused(splits):
     _, train, validation, test = splits
     with pytest.raises(ValueError, match="the test split has 0 rows"):
-        summarise_click_logs(train, validation, test.limit(0), DATA)
+        _stats(train, validation, test.limit(0))
 
 
 def test_dlrm_spec_takes_features_from_the_generator(splits):
-    spec = spec_from_dict(dlrm_spec(DATA, MODEL))
+    spec = spec_from_dict(dlrm_spec(_stats(*splits[1:]), MODEL))
     assert spec.model.sparse_features == ("sparse_0", "sparse_1", "sparse_2", "sparse_3")
     assert spec.model.jagged_features == ("sparse_1",)
     assert spec.model.dense_features == ("dense_0", "dense_1", "dense_2")
     with pytest.raises(ValueError, match=r"dlrm\.model: .*parameters_dlrm"):
-        dlrm_spec(DATA, {**MODEL, "dense_arch_layer_sizes": [8, 5]})
+        dlrm_spec(_stats(*splits[1:]), {**MODEL, "dense_arch_layer_sizes": [8, 5]})
 
 
 def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
     _, train, validation, test = splits
-    config = spec_from_dict(dlrm_spec(DATA, MODEL)).model
+    config = spec_from_dict(dlrm_spec(_stats(train, validation, test), MODEL)).model
     model = build_ranking_model(config, device="cpu")
     checkpoint = make_model_file(config, model.state_dict())
     train_pd, val_pd, test_pd = (s.toPandas() for s in (train, validation, test))
@@ -165,3 +172,66 @@ def test_evaluate_ranking_reports_model_oracle_and_floor(splits):
         roc_auc_score(val_pd["label"], val_pd["p_true"]), abs=1e-9
     )  # (so the check above can tell the splits apart)
     assert len(figure.axes) == 2  # AUC against the oracle line, losses
+
+
+CRITEO = {
+    "source": "criteo",
+    "criteo": {"num_dense": 2, "num_sparse": 3, "min_frequency": 2, "fractions": [0.6, 0.2, 0.2]},
+}
+
+
+def _criteo_lines(spark, tmp_path, n: int = 400):
+    """Criteo-layout lines: the click depends on a count and on the first token."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(n):
+        count, token = int(rng.integers(0, 50)), int(rng.integers(0, 8))
+        p = 1 / (1 + np.exp(-(0.06 * count - 1.5 + (1.5 if token < 3 else -1.0))))
+        label = int(rng.random() < p)
+        dense_1 = "" if rng.random() < 0.1 else str(int(rng.integers(0, 5)))
+        lines.append(f"{label}\t{count}\t{dense_1}\tt{token:x}\t{'' if token == 7 else 'u'}\tz")
+    (tmp_path / "day_0.tsv").write_text("\n".join(lines) + "\n")
+    from pyspark.sql import functions as F
+
+    return spark.read.text(str(tmp_path)).withColumn("_file", F.input_file_name())
+
+
+def test_criteo_logs_are_read_split_in_time_encoded_and_summarised(spark, tmp_path):
+    logs = read_click_logs(_criteo_lines(spark, tmp_path), CRITEO)
+    train, validation, test, vocabularies = split_click_logs(logs, CRITEO)
+    stats = summarise_click_logs(train, validation, test, vocabularies, CRITEO)
+    assert [stats[s]["rows"] for s in ("train", "validation", "test")] == [240, 80, 80]
+    assert "mean_p_true" not in stats["train"] and stats["source"] == "criteo"
+    assert stats["dense_features"] == ["dense_0", "dense_1"] and stats["jagged_features"] == []
+    assert stats["cardinalities"] == [9, 2, 2]  # 8 tokens + unknown; "u" + unknown; "z"
+    assert test.agg(F.min("row_id")).first()[0] == 320  # the last rows are the test
+    spec = spec_from_dict(dlrm_spec(stats, MODEL))
+    assert spec.model.cardinalities == (9, 2, 2)
+
+
+def test_criteo_source_without_logs_and_bad_settings_say_what_to_fix(spark):
+    with pytest.raises(ValueError, match="dlrm.raw_click_logs finds no files.*conf/local"):
+        read_click_logs(None, CRITEO)
+    with pytest.raises(ValueError, match=r"dlrm\.data\.criteo: .*min_frequency.*parameters_dlrm"):
+        read_click_logs(None, {**CRITEO, "criteo": {"min_frequency": 0}})
+    with pytest.raises(ValueError, match=r"dlrm\.data\.source: 'kaggle' is not one of"):
+        read_click_logs(None, {"source": "kaggle"})
+
+
+def test_evaluate_ranking_without_a_planted_probability_reports_the_floors(splits):
+    _, train, validation, test = splits
+    train_pd, val_pd, test_pd = (s.drop("p_true").toPandas() for s in (train, validation, test))
+    config = spec_from_dict(dlrm_spec(_stats(train, validation, test), MODEL)).model
+    checkpoint = make_model_file(config, build_ranking_model(config, device="cpu").state_dict())
+    summary = {
+        "train_samples_per_s": 10.0,
+        "best_epoch": 1,
+        "epochs": 1,
+        "world_size": 2,
+        "history": {"val_auc": [0.5], "train_loss": [0.7], "val_loss": [0.7]},
+    }
+    metrics, _, _, figure = evaluate_ranking(checkpoint, train_pd, val_pd, test_pd, summary, {})
+    assert not any("oracle" in key for key in metrics)
+    low, high = metrics["minus_logreg_dense_only_auc_ci95"]
+    assert low < metrics["test_auc"] - metrics["logreg_dense_only_auc"] < high
+    assert len(figure.axes) == 2

@@ -1,4 +1,4 @@
-"""dlrm: planted click logs -> export -> training -> evaluation against the oracle.
+"""dlrm: click logs (planted, or the Criteo layout) -> export -> training -> evaluation.
 
 Stages: ``data`` (Spark generator, split, statistics) and ``evaluation`` are specific to the
 ranker; ``export`` and ``training`` are the shared modular pipelines that ``two_tower`` uses
@@ -13,7 +13,7 @@ from recsys_kedro.pipelines.shared import export, training
 from .nodes import (
     dlrm_spec,
     evaluate_ranking,
-    generate_click_logs,
+    read_click_logs,
     split_click_logs,
     summarise_click_logs,
 )
@@ -24,11 +24,21 @@ NAMESPACE = "dlrm"
 def create_pipeline(**kwargs) -> Pipeline:
     data = Pipeline(
         [
-            node(generate_click_logs, "params:data", "click_logs", name="generate_click_logs"),
+            node(
+                read_click_logs,
+                inputs=["raw_click_logs", "params:data"],
+                outputs="click_logs",
+                name="read_click_logs",
+            ),
             node(
                 split_click_logs,
                 inputs=["click_logs", "params:data"],
-                outputs=["train_split@spark", "validation_split@spark", "test_split@spark"],
+                outputs=[
+                    "train_split@spark",
+                    "validation_split@spark",
+                    "test_split@spark",
+                    "vocabularies",
+                ],
                 name="split_click_logs",
             ),
             node(
@@ -37,6 +47,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train_split@spark",
                     "validation_split@spark",
                     "test_split@spark",
+                    "vocabularies",
                     "params:data",
                 ],
                 outputs="data_statistics",
@@ -47,7 +58,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         prefix_datasets_with_namespace=False,
     )
     spec = Pipeline(
-        [node(dlrm_spec, ["params:data", "params:model"], "model_spec", name="dlrm_spec")],
+        [node(dlrm_spec, ["data_statistics", "params:model"], "model_spec", name="dlrm_spec")],
         namespace="training",
         prefix_datasets_with_namespace=False,
     )
