@@ -139,3 +139,9 @@ def test_a_frame_needs_the_columns_and_a_table_needs_an_order(spark):
 def test_bad_settings_are_named(settings, named):
     with pytest.raises(ClickLogError, match=named):
         CriteoLayout.from_params(settings)
+
+
+def test_a_feature_empty_in_every_row_is_named(spark, tmp_path):
+    files = {"day_0.tsv": [_line(1, [1, ""], ["a", "b"]), _line(0, [2, ""], ["c", "d"])]}
+    with pytest.raises(ClickLogError, match=r"\['dense_1'\] are empty in every row"):
+        _read(spark, tmp_path, files)

@@ -211,19 +211,31 @@ def ordered_row_ids(frame: DataFrame, order_by: str | None = None) -> DataFrame:
 
 
 def parse_values(frame: DataFrame, layout: CriteoLayout, source: str) -> DataFrame:
-    """Labels as 0/1 ints and dense counts as doubles (empty -> null), checked: a label that is
-    not 0 or 1, or a dense value that is not a number, is an error naming the column."""
+    """Labels as 0/1 ints and dense counts as doubles (empty -> null), checked in one Spark
+    job: a label that is not 0 or 1, a dense value that is not a number, or a feature that is
+    empty in every row (a layout that does not match the files) is an error naming the
+    column."""
     label = F.col(LABEL).cast("string")
     dense = {c: F.nullif(F.trim(F.col(c).cast("string")), F.lit("")) for c in layout.dense_columns}
+    sparse = {
+        c: F.nullif(F.trim(F.col(c).cast("string")), F.lit("")) for c in layout.sparse_columns
+    }
     checks = [
         F.sum((~label.isin("0", "1") | label.isNull()).cast("long")).alias(LABEL),
         *[
             F.sum((expr.isNotNull() & expr.try_cast("double").isNull()).cast("long")).alias(c)
             for c, expr in dense.items()
         ],
+        *[F.count(expr).alias(f"present:{c}") for c, expr in {**dense, **sparse}.items()],
     ]
     counts = frame.agg(*checks).first().asDict()
-    bad = {c: int(n) for c, n in counts.items() if n}
+    empty = [c.split(":", 1)[1] for c, n in counts.items() if c.startswith("present:") and not n]
+    if empty:
+        raise ClickLogError(
+            f"{source}: column(s) {empty} are empty in every row; check num_dense / "
+            "num_sparse against the files (a shifted layout), or drop the feature at the source"
+        )
+    bad = {c: int(n) for c, n in counts.items() if n and not c.startswith("present:")}
     if bad:
         column, n = next(iter(bad.items()))
         what = "0 or 1" if column == LABEL else "a number or empty"
@@ -235,7 +247,7 @@ def parse_values(frame: DataFrame, layout: CriteoLayout, source: str) -> DataFra
         "row_id",
         F.col(LABEL).cast("int").alias(LABEL),
         *[expr.cast("double").alias(c) for c, expr in dense.items()],
-        *[F.nullif(F.col(c).cast("string"), F.lit("")).alias(c) for c in layout.sparse_columns],
+        *[expr.alias(c) for c, expr in sparse.items()],
     )
 
 
