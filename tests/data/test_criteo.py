@@ -73,7 +73,7 @@ def _encoded(spark, tmp_path, layout):
         _line(0, [1, 1], ["a", "y"]),
     ]
     logs = _read(spark, tmp_path, {"day_0.tsv": lines}, layout)
-    train, validation, test = criteo.time_split(logs, layout.fractions)
+    train, validation, test = criteo.time_split(logs, layout)
     vocab = criteo.build_vocabularies(train, layout)
     parts = [
         criteo.encode(p, vocab, layout).orderBy("row_id").collect()
@@ -145,3 +145,19 @@ def test_a_feature_empty_in_every_row_is_named(spark, tmp_path):
     files = {"day_0.tsv": [_line(1, [1, ""], ["a", "b"]), _line(0, [2, ""], ["c", "d"])]}
     with pytest.raises(ClickLogError, match=r"\['dense_1'\] are empty in every row"):
         _read(spark, tmp_path, files)
+
+
+def test_split_days_keep_whole_files_for_validation_and_test(spark, tmp_path):
+    layout = CriteoLayout(num_dense=2, num_sparse=2, split_days=(1, 1))
+    files = {
+        f"day_{d}.tsv": [_line(i % 2, [i, d], [f"d{d}", "t"]) for i in range(5 + d)]
+        for d in (0, 1, 2, 10)
+    }
+    logs = _read(spark, tmp_path, files, layout)
+    train, validation, test = criteo.time_split(logs, layout)
+    assert {r["sparse_0"] for r in test.collect()} == {"d10"}  # the last file (day 10)
+    assert {r["sparse_0"] for r in validation.collect()} == {"d2"}
+    assert train.count() == 5 + 6
+    too_many = CriteoLayout(num_dense=2, num_sparse=2, split_days=(2, 2))
+    with pytest.raises(ClickLogError, match=r"needs more than 4 files \(days\); .* have 4"):
+        criteo.time_split(logs, too_many)

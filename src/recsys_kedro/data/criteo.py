@@ -25,7 +25,7 @@ framework code: nothing here knows how it is wired into a project.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,9 @@ class CriteoLayout:
         hash_buckets: if set, tokens are hashed into this many buckets per feature instead
             of indexed by a vocabulary (for features with millions of tokens).
         fractions: (train, validation, test) shares of the rows, in time order.
+        split_days: ``(validation, test)`` numbers of files (days, in file order) instead of
+            ``fractions``: the last ``test`` files are the test, the ``validation`` before
+            them validate (Criteo's day files: train on 0-22, test on 23).
         order_by: a column that orders the rows in time (a table, or parquet without
             meaningful file order); ``None``: file and line order.
     """
@@ -60,6 +63,7 @@ class CriteoLayout:
     min_frequency: int = 1
     hash_buckets: int | None = None
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_days: tuple[int, int] | None = None
     order_by: str | None = None
 
     def __post_init__(self) -> None:
@@ -78,6 +82,16 @@ class CriteoLayout:
                 f"fractions must be 3 shares (train > 0, validation, test) summing to 1, got "
                 f"{list(self.fractions)}"
             )
+        if self.split_days is not None:
+            days = tuple(int(d) for d in self.split_days)
+            if len(days) != 2 or min(days) < 0 or days[1] < 1:
+                raise ClickLogError(
+                    "split_days must be [validation files, test files] with test >= 1, got "
+                    f"{list(self.split_days)}"
+                )
+            if self.order_by is not None:
+                raise ClickLogError("split_days needs file order: declare it or order_by")
+            object.__setattr__(self, "split_days", days)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> CriteoLayout:
@@ -86,8 +100,9 @@ class CriteoLayout:
         if unknown:
             raise ClickLogError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
         values = dict(params)
-        if "fractions" in values:
-            values["fractions"] = tuple(values["fractions"])
+        for name in ("fractions", "split_days"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     @property
@@ -180,7 +195,11 @@ def ordered_row_ids(frame: DataFrame, order_by: str | None = None) -> DataFrame:
     spark = frame.sparkSession
     if order_by is not None:
         window = Window.orderBy(F.col(order_by), F.col("_file"), F.col("_pos"))
-        return frame.withColumn("row_id", F.row_number().over(window) - 1).drop("_pos", "_file")
+        return (
+            frame.withColumn("row_id", F.row_number().over(window) - 1)
+            .withColumn("day", F.lit(None).cast("int"))
+            .drop("_pos", "_file")
+        )
     groups = (
         frame.groupBy("_file", F.col("_pos.part").alias("part"))
         .agg(F.count("*").alias("n"), F.min("_pos.id").alias("first"))
@@ -192,11 +211,13 @@ def ordered_row_ids(frame: DataFrame, order_by: str | None = None) -> DataFrame:
             "column that orders them in time (order_by)"
         )
     groups.sort(key=lambda g: (_natural_key(g["_file"]), g["part"]))
+    files = sorted({g["_file"] for g in groups}, key=_natural_key)
     shifts, offset = [], 0
     for g in groups:
-        shifts.append((g["_file"], int(g["part"]), offset - int(g["first"])))
+        day = files.index(g["_file"])
+        shifts.append((g["_file"], int(g["part"]), offset - int(g["first"]), day))
         offset += int(g["n"])
-    table = spark.createDataFrame(shifts, "_file string, part int, shift long")
+    table = spark.createDataFrame(shifts, "_file string, part int, shift long, day int")
     return (
         frame.join(
             F.broadcast(table),
@@ -245,6 +266,7 @@ def parse_values(frame: DataFrame, layout: CriteoLayout, source: str) -> DataFra
         )
     return frame.select(
         "row_id",
+        "day",
         F.col(LABEL).cast("int").alias(LABEL),
         *[expr.cast("double").alias(c) for c, expr in dense.items()],
         *[expr.alias(c) for c, expr in sparse.items()],
@@ -254,19 +276,31 @@ def parse_values(frame: DataFrame, layout: CriteoLayout, source: str) -> DataFra
 # --------------------------------------------------------------------------- split, encode
 
 
-def time_split(
-    frame: DataFrame, fractions: Sequence[float]
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """The first ``f0`` of the rows (by ``row_id``) for train, the next ``f1`` for validation,
-    the rest for test."""
-    n = frame.count()
-    cut1 = int(round(n * fractions[0]))
-    cut2 = int(round(n * (fractions[0] + fractions[1])))
-    row = F.col("row_id")
+def time_split(frame: DataFrame, layout: CriteoLayout) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """In time order: the first ``f0`` of the rows (by ``row_id``) for train, the next ``f1``
+    for validation, the rest for test; or, with ``split_days``, whole files (days).
+
+    Raises:
+        ClickLogError: fewer files than ``split_days`` needs (one train day at least).
+    """
+    if layout.split_days is not None:
+        n_days = int(frame.agg(F.max("day")).first()[0]) + 1
+        n_val, n_test = layout.split_days
+        if n_days <= n_val + n_test:
+            raise ClickLogError(
+                f"split_days {list(layout.split_days)} needs more than {n_val + n_test} "
+                f"files (days); the click logs have {n_days}"
+            )
+        cut1, cut2, column = n_days - n_val - n_test, n_days - n_test, F.col("day")
+    else:
+        n = frame.count()
+        cut1 = int(round(n * layout.fractions[0]))
+        cut2 = int(round(n * (layout.fractions[0] + layout.fractions[1])))
+        column = F.col("row_id")
     return (
-        frame.filter(row < cut1),
-        frame.filter((row >= cut1) & (row < cut2)),
-        frame.filter(row >= cut2),
+        frame.filter(column < cut1),
+        frame.filter((column >= cut1) & (column < cut2)),
+        frame.filter(column >= cut2),
     )
 
 

@@ -92,7 +92,10 @@ def split_click_logs(
             raise ValueError(f"dlrm.data.split: {exc} (in {CONF_FILE})") from exc
         return (*parts, criteo.empty_vocabularies(click_logs.sparkSession))
     layout = criteo_layout(data_params)
-    train, validation, test = criteo.time_split(click_logs, layout.fractions)
+    try:
+        train, validation, test = criteo.time_split(click_logs, layout)
+    except criteo.ClickLogError as exc:
+        raise ValueError(f"dlrm.data.criteo: {exc} (in {CONF_FILE})") from exc
     # Cached: every feature's join of every split reads it (built once, not 3 x 26 times).
     vocabularies = criteo.build_vocabularies(train, layout).cache()
     sizes = criteo.cardinalities(vocabularies, layout)
