@@ -14,10 +14,6 @@ RECBOLE_VERSION := 1.2.1
 RAW_ML100K := data/01_raw/ml-100k
 PIPELINE ?= two_tower
 PYTEST_ARGS ?=
-# Two workers (pytest-xdist): the tests that read the session's pipeline runs on one, the rest
-# beside them; PYTEST_WORKERS=0 runs everything in this process.
-PYTEST_WORKERS ?= 2
-XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
@@ -55,12 +51,12 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
-	$(PY) -m pytest $(XDIST) -m "not integration and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: $(STAMPS)/venv.stamp
 	$(VENV)/bin/ruff check src tests scripts

@@ -22,50 +22,6 @@ TEST_SPARK_CONF = {
 }
 
 
-#: The session fixtures that run a pipeline once per test session, and the modules whose tests
-#: read them. Under pytest-xdist (`make test`: two workers) each worker would run every such
-#: fixture it needs again, so these modules go to one worker, as one unit of work, and every
-#: other test is handed out one at a time to whichever worker is free.
-PIPELINE_RUNS = ("two_tower_project", "recommend_project", "dlrm_run")
-PIPELINE_RUN_MODULES = (
-    "tests/integration/test_cluster.py",
-    "tests/integration/test_dlrm_pipeline.py",
-    "tests/integration/test_recommend_pipeline.py",
-    "tests/integration/test_two_tower_pipeline.py",
-    "tests/integration/test_two_tower_tune_pipeline.py",
-    "tests/notebooks/test_recommend_notebook.py",
-    "tests/notebooks/test_two_tower_notebook.py",
-)
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """xdist's load scheduling with the modules above as one unit of work (handed out first,
-    being the largest). pytest-xdist's own `xdist_group` marks do not group on pytest 9 (it
-    renames node ids that pytest 9 no longer lets a plugin rename)."""
-    if config.getvalue("dist") != "loadgroup":
-        return None  # xdist's own scheduler for the other modes
-    from xdist.scheduler import LoadScopeScheduling
-
-    class PipelineRunsOnOneWorker(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", maxsplit=1)[0]
-            return "pipeline_runs" if module in PIPELINE_RUN_MODULES else nodeid
-
-    return PipelineRunsOnOneWorker(config, log)
-
-
-def pytest_collection_modifyitems(config, items):
-    """A test that reads a session pipeline run from a module not in PIPELINE_RUN_MODULES
-    would make a second worker run the pipeline again: refused."""
-    for item in items:
-        module = item.nodeid.split("::", maxsplit=1)[0]
-        if module not in PIPELINE_RUN_MODULES and set(PIPELINE_RUNS) & set(item.fixturenames):
-            raise pytest.UsageError(
-                f"{item.nodeid} reads a session pipeline run: add {module} to "
-                "PIPELINE_RUN_MODULES in tests/conftest.py (one worker runs them all)"
-            )
-
-
 @pytest.fixture(scope="session")
 def spark():
     """The test session's SparkSession (local[2]); created once, stopped at the end."""
