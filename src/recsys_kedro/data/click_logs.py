@@ -211,12 +211,12 @@ class ClickLogSpec:
     @property
     def dense_columns(self) -> tuple[str, ...]:
         """``("dense_0", ..., f"dense_{num_dense - 1}")``."""
-        return tuple(f"dense_{i}" for i in range(self.num_dense))
+        return dense_column_names(self.num_dense)
 
     @property
     def sparse_columns(self) -> tuple[str, ...]:
         """``("sparse_0", ..., f"sparse_{num_sparse - 1}")``."""
-        return tuple(f"sparse_{j}" for j in range(self.num_sparse))
+        return sparse_column_names(self.num_sparse)
 
     @property
     def jagged_columns(self) -> tuple[str, ...]:
@@ -227,6 +227,16 @@ class ClickLogSpec:
     def num_pairs(self) -> int:
         """Number of sparse-feature pairs in the interaction part: ``F (F - 1) / 2``."""
         return self.num_sparse * (self.num_sparse - 1) // 2
+
+
+def dense_column_names(n: int) -> tuple[str, ...]:
+    """The click logs' dense columns, generated or read (``dense_0`` ..)."""
+    return tuple(f"dense_{i}" for i in range(n))
+
+
+def sparse_column_names(n: int) -> tuple[str, ...]:
+    """The click logs' categorical columns, generated or read (``sparse_0`` ..)."""
+    return tuple(f"sparse_{j}" for j in range(n))
 
 
 def _check(ok: bool, message: str) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recsys_kedro.data.click_logs import dense_column_names, sparse_column_names
+
 LABEL = "label"
 UNKNOWN = 0  # index of a missing, rare or unseen token
 
@@ -107,11 +109,11 @@ class CriteoLayout:
 
     @property
     def dense_columns(self) -> tuple[str, ...]:
-        return tuple(f"dense_{i}" for i in range(self.num_dense))
+        return dense_column_names(self.num_dense)
 
     @property
     def sparse_columns(self) -> tuple[str, ...]:
-        return tuple(f"sparse_{j}" for j in range(self.num_sparse))
+        return sparse_column_names(self.num_sparse)
 
     @property
     def columns(self) -> tuple[str, ...]:
