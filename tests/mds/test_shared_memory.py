@@ -96,6 +96,14 @@ def test_datasets_made_outside_the_trainer_are_claimed_and_a_nested_claim_joins(
     alone = make_streaming_dataset(folder, batch_size=1, shuffle=False, seed=0)
     entries = [json.loads(p.read_text()) for p in registry_dir().glob("*.json")]
     assert [alone._shm_prefix_int] in [e["prefixes"] for e in entries if e["pid"] == os.getpid()]
+    # Its file locks exist before it is ever iterated: when it is dropped, its prefix stays
+    # taken for other runs' searches (which skip a prefix with file locks) instead of freeing
+    # up while their ranks each search.
+    temp = Path(tempfile.gettempdir())
+    assert all(
+        (temp / f"{alone._shm_prefix_int:06}_{name}").exists()
+        for name in ("barrier_filelock", "cache_filelock")
+    )
     with claiming_prefixes(True, timeout_s=5) as outer:
         assert in_claim()
         inner = make_streaming_dataset(

@@ -133,10 +133,22 @@ class PrefixClaim:
 
     def record(self, datasets: Iterable[Any]) -> list[int]:
         """Register the Mosaic prefixes of ``datasets`` (``StreamingDataset``) for this run,
-        removed again when this process exits (its prefixes are unlinked by Mosaic then)."""
+        removed again when this process exits (its prefixes are unlinked by Mosaic then).
+
+        The prefixes' file locks are made now, while the machine's lock is held. Mosaic makes
+        them only when a dataset is first iterated, and its search for a free prefix skips a
+        prefix that has them: without them, a dataset dropped before it was iterated would
+        free its prefix at any moment, and the ranks of a run searching just then (each rank
+        searches on its own) could each find another one ("prefix ... was not registered by
+        local leader").
+        """
         self.prefixes = sorted({int(ds._shm_prefix_int) for ds in datasets})
         if not self.leader or not self.prefixes:
             return self.prefixes
+        temp = Path(tempfile.gettempdir())
+        for prefix in self.prefixes:
+            for name in _FILELOCK_NAMES:
+                (temp / f"{prefix:06}_{name}").touch(exist_ok=True)
         self.entry = self.registry / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         record = {
             "pid": os.getpid(),
