@@ -63,6 +63,12 @@ def _shm_names(prefix: int) -> list[str]:
     return [f"{prefix:06}_{name}" for name in _SHM_NAMES]
 
 
+def _filelock_paths(prefix: int) -> list[Path]:
+    """Mosaic's file locks of one prefix, in the temp folder (where Mosaic puts them)."""
+    temp = Path(tempfile.gettempdir())
+    return [temp / f"{prefix:06}_{name}" for name in _FILELOCK_NAMES]
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists (another user's process counts as alive)."""
     try:
@@ -74,7 +80,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _unlink_prefix(prefix: int, temp: Path) -> int:
+def _unlink_prefix(prefix: int) -> int:
     """Unlink one prefix's shared memory and file locks; the number of segments removed."""
     removed = 0
     for name in _shm_names(prefix):
@@ -85,9 +91,8 @@ def _unlink_prefix(prefix: int, temp: Path) -> int:
         segment.close()
         segment.unlink()
         removed += 1
-    for name in _FILELOCK_NAMES:
-        with contextlib.suppress(FileNotFoundError):
-            (temp / f"{prefix:06}_{name}").unlink()
+    for path in _filelock_paths(prefix):
+        path.unlink(missing_ok=True)
     return removed
 
 
@@ -109,7 +114,7 @@ def clean_dead_runs(registry: Path | None = None) -> list[int]:
             continue
         if _alive(pid):
             continue
-        segments = sum(_unlink_prefix(prefix, Path(tempfile.gettempdir())) for prefix in prefixes)
+        segments = sum(_unlink_prefix(prefix) for prefix in prefixes)
         with contextlib.suppress(PermissionError):  # another user's entry: theirs to remove
             entry.unlink(missing_ok=True)
         cleaned.extend(prefixes)
@@ -145,10 +150,9 @@ class PrefixClaim:
         self.prefixes = sorted({int(ds._shm_prefix_int) for ds in datasets})
         if not self.leader or not self.prefixes:
             return self.prefixes
-        temp = Path(tempfile.gettempdir())
         for prefix in self.prefixes:
-            for name in _FILELOCK_NAMES:
-                (temp / f"{prefix:06}_{name}").touch(exist_ok=True)
+            for path in _filelock_paths(prefix):
+                path.touch(exist_ok=True)
         self.entry = self.registry / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         record = {
             "pid": os.getpid(),

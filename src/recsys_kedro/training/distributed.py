@@ -137,11 +137,6 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.cpu().tolist()
 
 
-def all_true(flag: bool, ctx: DistContext) -> bool:
-    """``True`` on every rank iff ``flag`` is ``True`` on every rank (a collective)."""
-    return all_reduce_sum([0.0 if flag else 1.0], ctx.device)[0] == 0.0
-
-
 def all_gather_arrays(array: np.ndarray) -> np.ndarray:
     """Concatenate a (small) 1-D array from every rank, in rank order, on every rank."""
     parts: list[Any] = [None] * dist.get_world_size()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from recsys_kedro.mds.shared_memory import claiming_prefixes
+from recsys_kedro.mds.shared_memory import claimed_datasets
 from recsys_kedro.models.model_file import save_model_file
 from recsys_kedro.quiet import silence_known_noise
 from recsys_kedro.training.config import (
@@ -55,7 +54,6 @@ from recsys_kedro.training.config import (
 from recsys_kedro.training.distributed import (
     DistContext,
     all_reduce_sum,
-    all_true,
     broadcast_from_main,
     destroy_distributed,
     gather_full_state_dict,
@@ -149,9 +147,7 @@ class _RankRun:
         # Mosaic's view of which ranks share a machine, and prefixes of this run's own.
         with (
             machine_local_ranks(ctx),
-            claiming_prefixes(
-                os.environ.get("LOCAL_RANK", "0") == "0", lambda ok: all_true(ok, ctx)
-            ) as claim,
+            claimed_datasets() as claim,
         ):
             self.train_loader = make_loader(
                 config.train, spec.layout, config, train=True, split="train"
