@@ -214,10 +214,10 @@ def ordered_row_ids(frame: DataFrame, order_by: str | None = None) -> DataFrame:
         )
     groups.sort(key=lambda g: (_natural_key(g["_file"]), g["part"]))
     files = sorted({g["_file"] for g in groups}, key=_natural_key)
+    day_of = {file: day for day, file in enumerate(files)}
     shifts, offset = [], 0
     for g in groups:
-        day = files.index(g["_file"])
-        shifts.append((g["_file"], int(g["part"]), offset - int(g["first"]), day))
+        shifts.append((g["_file"], int(g["part"]), offset - int(g["first"]), day_of[g["_file"]]))
         offset += int(g["n"])
     table = spark.createDataFrame(shifts, "_file string, part int, shift long, day int")
     return (

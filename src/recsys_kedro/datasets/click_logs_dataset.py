@@ -62,10 +62,6 @@ class ClickLogsDataset(AbstractDataset[None, "DataFrame | None"]):
         """What the pipeline's errors name: the files or the table."""
         return f"table {self._table}" if self._table else f"{self._format} {self._filepath}"
 
-    @property
-    def is_table(self) -> bool:
-        return self._table is not None
-
     def _describe(self) -> dict[str, Any]:
         if self._table is not None:
             return {"table": self._table}

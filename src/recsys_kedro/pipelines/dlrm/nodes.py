@@ -98,11 +98,6 @@ def split_click_logs(
         raise ValueError(f"dlrm.data.criteo: {exc} (in {CONF_FILE})") from exc
     # Cached: every feature's join of every split reads it (built once, not 3 x 26 times).
     vocabularies = criteo.build_vocabularies(train, layout).cache()
-    sizes = criteo.cardinalities(vocabularies, layout)
-    logger.info(
-        "vocabularies of the train rows: %s tokens per feature (+1 for unknown)",
-        ", ".join(str(n - 1) for n in sizes),
-    )
     return (
         *(criteo.encode(part, vocabularies, layout) for part in (train, validation, test)),
         vocabularies,
@@ -112,7 +107,8 @@ def split_click_logs(
 def _layout(vocabularies: DataFrame, data_params: dict[str, Any]) -> dict[str, Any]:
     """The features the model is built from: the generator's, or the click logs' (their
     sizes from the vocabularies)."""
-    if click_log_source(data_params) == "generator":
+    source = click_log_source(data_params)
+    if source == "generator":
         spec = click_log_spec(data_params)
         dense, sparse, jagged = spec.dense_columns, spec.sparse_columns, spec.jagged_columns
         sizes = spec.cardinalities
@@ -120,8 +116,12 @@ def _layout(vocabularies: DataFrame, data_params: dict[str, Any]) -> dict[str, A
         layout = criteo_layout(data_params)
         dense, sparse, jagged = layout.dense_columns, layout.sparse_columns, ()
         sizes = criteo.cardinalities(vocabularies, layout)
+        logger.info(
+            "vocabularies of the train rows: %s tokens per feature (+1 for unknown)",
+            ", ".join(str(n - 1) for n in sizes),
+        )
     return {
-        "source": click_log_source(data_params),
+        "source": source,
         "num_dense": len(dense),
         "dense_features": list(dense),
         "sparse_features": list(sparse),
