@@ -3,7 +3,8 @@
 Users prefer two of twelve item categories; each browses 8-40 items (views), carts about a
 third and buys about a fifth of them. Ids are strings, timestamps milliseconds, the log is
 split over two CSV files (a glob, as logs arrive), and an item table holds each item's
-category. Usage: ``python scripts/synthetic_event_log.py data/01_raw/shop``.
+categories (multi-hot), brand (categorical) and price (numeric).
+Usage: ``python scripts/synthetic_event_log.py data/01_raw/shop``.
 """
 
 from __future__ import annotations
@@ -40,8 +41,32 @@ def event_log(
             if r < 0.2:
                 rows.append((user_id, sku, "purchase", int(t) + 120_000))
     log = pd.DataFrame(rows, columns=["visitor_id", "sku", "event_type", "ts"])
-    table = pd.DataFrame({"sku": [f"SKU-{i:04d}" for i in range(items)], "category": item_category})
-    return log, table
+    return log, item_table(item_category, categories, seed)
+
+
+def item_table(item_category: np.ndarray, categories: int, seed: int) -> pd.DataFrame:
+    """Each item's attributes: ``categories`` (its category, and for a third of the items a
+    second one: ``|``-separated, a multi-hot feature), ``brand`` (one of 40, each brand
+    selling in two categories: categorical) and ``price`` (log-normal by category, 5%
+    missing: numeric). Its own generator, so the event log stays the same for a seed."""
+    rng = np.random.default_rng(seed + 1)
+    items = len(item_category)
+    second = rng.integers(0, categories, items)
+    tags = [
+        f"cat-{c:02d}" + (f"|cat-{s:02d}" if s != c and rng.random() < 0.33 else "")
+        for c, s in zip(item_category, second, strict=True)
+    ]
+    brand = 2 * rng.integers(0, 20, items) + (item_category % 2)
+    price = np.round(np.exp(rng.normal(2.5 + 0.15 * item_category, 0.5)), 2)
+    return pd.DataFrame(
+        {
+            "sku": [f"SKU-{i:04d}" for i in range(items)],
+            "category": item_category,
+            "categories": tags,
+            "brand": [f"brand-{b:02d}" for b in brand],
+            "price": np.where(rng.random(items) < 0.05, np.nan, price),
+        }
+    )
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ def _early_checks() -> dict[str, Callable[[Any], Any]]:
     """Parameters that can be validated without any data: checked before Spark starts, so a
     bad value fails in a second, not after the session and the first stages have run. Each
     check is the one the nodes run (recsys_kedro.params)."""
-    from recsys_kedro.params import click_log_settings
+    from recsys_kedro.params import click_log_settings, feature_schema
 
-    return {"params:dlrm.data": click_log_settings}
+    return {"params:dlrm.data": click_log_settings, "params:feature_schema": feature_schema}
 
 
 class SparkHooks:

@@ -8,6 +8,7 @@ from typing import Any
 
 from recsys_kedro.data.click_logs import ClickLogSpec
 from recsys_kedro.data.criteo import CriteoLayout
+from recsys_kedro.data.feature_schema import FeatureSchema, SchemaError
 
 DLRM_CONF = "conf/base/parameters_dlrm.yml"
 
@@ -48,3 +49,14 @@ def click_log_spec(data_params: dict[str, Any]) -> ClickLogSpec:
         return ClickLogSpec.from_params(data_params["generator"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"dlrm.data.generator: {exc} (in {DLRM_CONF})") from exc
+
+
+FEATURE_SCHEMA_FILE = "conf/base/parameters_features.yml"
+
+
+def feature_schema(params: dict[str, Any] | None) -> FeatureSchema:
+    """``feature_schema`` parsed; a bad schema names the parameters file to fix."""
+    try:
+        return FeatureSchema.from_params(params)
+    except SchemaError as exc:
+        raise ValueError(f"feature_schema: {exc} (in {FEATURE_SCHEMA_FILE})") from exc

@@ -94,7 +94,14 @@ def test_ranker_rows_are_exported_list_by_list(pipeline_run):
     summary = json.loads((root / "data/04_feature/recommend/feature_summary.json").read_text())
     cards = summary["cardinalities"]
     assert cards["user_idx"] == N_USERS and cards["item_idx"] == N_ITEMS
-    assert cards["genres"] == len(GENRES) + 1  # 0 = no genre
+    assert cards["genres"] == len(GENRES) + 1  # 0 = no genre ("unknown" is ignored)
+    # user 7 has no side row: unknown values, counted, never dropped
+    users = summary["coverage"]["users"]
+    assert users["ids"] == N_USERS and users["without_side_row"] == 1
+    assert users["missing"]["gender"] == 1
+    assert summary["coverage"]["items"]["missing"]["genres"] == 1  # item 3: "unknown" only
+    layout = summary["layout"]
+    assert layout["jagged"] == ["genres"] and layout["user_statistics"][-1] == "user_mean_rating"
     serve = pd.read_parquet(root / "data/05_model_input/recommend/lists/serve")
     assert serve["genres"].map(len).min() >= 1  # a jagged feature never empty
 

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_kedro.data.feature_schema import FeatureLayout
 from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
 from recsys_kedro.models import two_tower as tt
 from recsys_kedro.models.ranking import build_ranking_model, make_model_file
 from recsys_kedro.pipelines.recommend import create_pipeline
 from recsys_kedro.pipelines.recommend.nodes import (
-    DENSE_FEATURES,
-    SPARSE_FEATURES,
+    RETRIEVAL_DENSE,
     build_retrieval_index,
     package_recommender,
     ranker_spec,
@@ -122,10 +122,25 @@ def test_an_approximate_index_reports_its_recall_against_exact_search(data):
         build_retrieval_index(items, {"kind": "lsh"})
 
 
+LAYOUT = FeatureLayout(
+    user_sparse=("age_bucket", "gender", "occupation", "zip_prefix"),
+    item_sparse=("year_bucket", "genres"),
+    jagged=("genres",),
+    user_dense=("income", "income_missing"),
+    user_statistics=("user_log_activity", "user_mean_rating"),
+    item_statistics=("item_log_popularity", "item_mean_rating"),
+    affinities=(("user_genres_share", "genres", "genres_affinity"),),
+    cardinalities={
+        "user_idx": N_USERS, "item_idx": N_ITEMS, "age_bucket": 5, "gender": 5,
+        "occupation": 5, "zip_prefix": 5, "year_bucket": 5, "genres": 4,
+    },
+)  # fmt: skip
+SPARSE_FEATURES = LAYOUT.sparse_features
+DENSE_FEATURES = (*RETRIEVAL_DENSE, *LAYOUT.dense_features)
+
+
 def _summary():
-    cards = dict.fromkeys(SPARSE_FEATURES, 5)
-    cards.update(user_idx=N_USERS, item_idx=N_ITEMS, genres=4)
-    return {"cardinalities": cards}
+    return {"cardinalities": dict(LAYOUT.cardinalities), "layout": LAYOUT.to_dict()}
 
 
 MODEL = {"architecture": "dlrm", "embedding_dim": 8, "dense_arch_layer_sizes": [16, 8]}
@@ -156,7 +171,8 @@ def test_ranker_spec_uses_every_side_feature():
     assert spec.list_key == "user_idx" and spec.list_item == "item_idx"
     with pytest.raises(ValueError, match="recommend.training"):
         ranker_spec(_summary(), train, MODEL, {"monitor": "val_list_ndcg@20"})
-    broken = {"cardinalities": {"user_idx": 3}}
+    assert spec.model.dense_features[2:4] == ("income", "income_missing")  # the schema's
+    broken = {"cardinalities": {"user_idx": 3}}  # an older run's summary
     with pytest.raises(ValueError, match="re-run the features stage"):
         ranker_spec(broken, train, MODEL, TRAINING)
     with pytest.raises(ValueError, match="recommend.model"):
@@ -367,12 +383,14 @@ def test_package_recommender_serves_from_the_run_tables(data, lists):
     user_profiles = pd.DataFrame({"user_idx": range(N_USERS)})
     for c in ("age_bucket", "gender", "occupation", "zip_prefix"):
         user_profiles[c] = rng.integers(0, 5, N_USERS)
+    user_profiles["income"] = rng.normal(size=N_USERS).astype(np.float32)
+    user_profiles["income_missing"] = (rng.random(N_USERS) < 0.2).astype(np.float32)
     user_stats = pd.DataFrame(
         {
             "user_idx": range(N_USERS),
             "user_log_activity": rng.random(N_USERS),
             "user_mean_rating": rng.random(N_USERS),
-            "user_genre_share": [rng.dirichlet(np.ones(4)) for _ in range(N_USERS)],
+            "user_genres_share": [rng.dirichlet(np.ones(4)) for _ in range(N_USERS)],
         }
     )
     item_profiles = pd.DataFrame(
@@ -389,7 +407,8 @@ def test_package_recommender_serves_from_the_run_tables(data, lists):
             "item_mean_rating": rng.random(N_ITEMS),
         }
     )
-    args = (users, items, index, model, user_profiles, item_profiles, user_stats, item_stats)
+    tables = (user_profiles, item_profiles, user_stats, item_stats, _summary())
+    args = (users, items, index, model, *tables)
     local, logged = package_recommender(
         *args, train, validation, RETRIEVAL, {"top_k": 4, "ks": [5]}
     )
@@ -402,6 +421,22 @@ def test_package_recommender_serves_from_the_run_tables(data, lists):
     assert not {f"i{i}" for i in seen} & set(top["item_id"])
     with pytest.raises(ValueError, match="do not cover the item index"):
         package_recommender(
-            *args[:5], item_profiles.iloc[:-1], user_stats, item_stats.iloc[:-1],
+            *args[:5], item_profiles.iloc[:-1], user_stats, item_stats.iloc[:-1], _summary(),
             train, validation, RETRIEVAL, {"top_k": 4},
         )  # fmt: skip
+
+
+def test_a_side_table_without_features_may_be_absent(spark):
+    from recsys_kedro.pipelines.recommend.nodes import build_item_profiles, build_user_profiles
+
+    index = spark.createDataFrame([("u1", 0), ("u2", 1)], "user_id string, user_idx long")
+    schema = {"users": {"features": {}}, "items": {"features": {}}}
+    profiles, report = build_user_profiles(None, index, schema)
+    assert profiles.columns == ["user_idx"] and profiles.count() == 2
+    assert report["coverage"]["without_side_row"] == 2 and report["cardinalities"] == {}
+    declared = {"items": {"features": {"brand": {"kind": "categorical"}}}}
+    items = index.toDF("item_id", "item_idx")
+    with pytest.raises(ValueError, match=r"absent but features \['brand'\].*raw_items"):
+        build_item_profiles(None, items, declared)
+    with pytest.raises(ValueError, match="feature_schema: .*parameters_features.yml"):
+        build_item_profiles(None, items, {"items": {"features": {"brand": {"kind": "bag"}}}})

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys_kedro.data.feature_schema import FeatureLayout
 from recsys_kedro.models.ranking import RankingConfig, build_ranking_model, make_model_file
 from recsys_kedro.retrieval import IndexConfig, build_index, serialize_index
 from recsys_kedro.serving.recommender import FunnelRecommender
@@ -17,12 +18,28 @@ from recsys_kedro.serving.recommender import FunnelRecommender
 N_USERS, N_ITEMS, DIM, TOP_K = 8, 30, 4, 3
 DENSE = (
     "retrieval_score", "retrieval_log_rank", "user_log_activity", "user_mean_rating",
-    "item_log_popularity", "item_mean_rating", "genre_affinity",
+    "item_log_popularity", "item_mean_rating", "genres_affinity",
 )  # fmt: skip
 SPARSE = (
     "user_idx", "item_idx", "age_bucket", "gender", "occupation", "zip_prefix", "year_bucket",
     "genres",
 )  # fmt: skip
+
+
+CARDINALITIES = (N_USERS, N_ITEMS, 3, 3, 3, 3, 3, 4)
+LAYOUT = FeatureLayout(
+    user_sparse=("age_bucket", "gender", "occupation", "zip_prefix"),
+    item_sparse=("year_bucket", "genres"),
+    jagged=("genres",),
+    user_statistics=("user_log_activity", "user_mean_rating"),
+    item_statistics=("item_log_popularity", "item_mean_rating"),
+    affinities=(("user_genres_share", "genres", "genres_affinity"),),
+    cardinalities=dict(zip(SPARSE, CARDINALITIES, strict=True)),
+)
+assert (
+    LAYOUT.sparse_features == SPARSE
+    and ("retrieval_score", "retrieval_log_rank", *LAYOUT.dense_features) == DENSE
+)
 
 
 def _inputs(index: IndexConfig | None = None) -> dict:
@@ -32,7 +49,7 @@ def _inputs(index: IndexConfig | None = None) -> dict:
     config = RankingConfig(
         dense_features=DENSE,
         sparse_features=SPARSE,
-        cardinalities=(N_USERS, N_ITEMS, 3, 3, 3, 3, 3, 4),
+        cardinalities=CARDINALITIES,
         jagged_features=("genres",),
         embedding_dim=4,
         dense_arch_layer_sizes=(8, 4),
@@ -46,7 +63,7 @@ def _inputs(index: IndexConfig | None = None) -> dict:
             "zip_prefix": rng.integers(0, 3, N_USERS),
             "user_log_activity": rng.random(N_USERS).astype(np.float32),
             "user_mean_rating": rng.random(N_USERS).astype(np.float32),
-            "user_genre_share": [
+            "user_genres_share": [
                 rng.dirichlet(np.ones(4)).astype(np.float32) for _ in range(N_USERS)
             ],
         }
@@ -73,6 +90,7 @@ def _inputs(index: IndexConfig | None = None) -> dict:
         item_popularity=popularity,
         n_candidates=10,
         top_k=TOP_K,
+        layout=LAYOUT.to_dict(),
     )
 
 

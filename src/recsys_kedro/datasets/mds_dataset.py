@@ -79,7 +79,7 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
           columns: {user_idx: int64, item_idx: int64, label: int32, rating: float32}
           num_partitions: 8
 
-        # Block layout: one MDS sample per 4096 rows; a movie's genre indexes as a jagged
+        # Block layout: one MDS sample per 4096 rows; an item's category indexes as a jagged
         # column (a Spark array<int> column, an empty list for none).
         model_input.train_blocks:
           type: recsys_kedro.datasets.mds_dataset.MDSDataset
@@ -87,7 +87,7 @@ class MDSDataset(AbstractDataset["DataFrame", MDSFolder]):
           layout: block
           block_rows: 4096
           columns: {user_idx: int64, item_idx: int64, label: int32}
-          jagged: {item_genres: int32}
+          jagged: {item_categories: int32}
 
     Example Python API:
 

@@ -316,7 +316,7 @@ def to_blocks(
     Args:
         df: The rows.
         columns: Scalar column -> numpy dtype (``int64``, ``int32``, ``float32``, ...).
-        jagged: Multi-valued column (a Spark array column, e.g. a movie's genre indexes) ->
+        jagged: Multi-valued column (a Spark array column, e.g. an item's category indexes) ->
             numpy dtype of its elements. A null list or null element is an error (an empty
             list is fine).
         block_rows: Rows per block (>= 1).

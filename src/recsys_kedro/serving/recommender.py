@@ -21,17 +21,9 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from recsys_kedro.data.feature_schema import FeatureLayout
+
 OUTPUT_COLUMNS = ("user_id", "item_id", "rank", "score")
-USER_COLUMNS = (
-    "age_bucket",
-    "gender",
-    "occupation",
-    "zip_prefix",
-    "user_log_activity",
-    "user_mean_rating",
-    "user_genre_share",
-)
-ITEM_COLUMNS = ("year_bucket", "genres", "item_log_popularity", "item_mean_rating")
 
 
 def _empty() -> pd.DataFrame:
@@ -52,12 +44,13 @@ def candidate_features(
     ranks: np.ndarray,
     user_features: pd.DataFrame,
     item_features: pd.DataFrame,
+    layout: FeatureLayout,
 ) -> pd.DataFrame:
     """The ranker's input for candidate rows ``(users[i], items[i])`` with their retrieval
     ``scores`` and ``ranks``: the columns :func:`side_features.ranker_rows` builds in Spark.
 
     ``user_features`` / ``item_features`` are indexed by ``user_idx`` / ``item_idx``
-    (positions ``0..n-1``) with :data:`USER_COLUMNS` / :data:`ITEM_COLUMNS`.
+    (positions ``0..n-1``) with ``layout.user_columns`` / ``layout.item_columns``.
     """
     u = user_features.iloc[users]
     i = item_features.iloc[items]
@@ -70,21 +63,24 @@ def candidate_features(
             "retrieval_log_rank": np.log1p(ranks.astype(np.float64)).astype(np.float32),
         }
     )
-    for column in USER_COLUMNS[:-1]:
-        frame[column] = u[column].to_numpy()
-    for column in ITEM_COLUMNS:
+    shares = {share for share, _, _ in layout.affinities}
+    for column in layout.user_columns:
+        if column not in shares:
+            frame[column] = u[column].to_numpy()
+    for column in layout.item_columns:
         frame[column] = i[column].to_numpy()
-    # The user's share of liked genres, summed over the item's genres (0 past the array).
-    shares = u["user_genre_share"].to_numpy()
-    genres = frame["genres"].to_numpy()
-    frame["genre_affinity"] = np.fromiter(
-        (
-            float(np.asarray(s, dtype=np.float32)[g[g < len(s)]].sum())
-            for s, g in zip(shares, (np.asarray(x, dtype=np.int64) for x in genres), strict=True)
-        ),
-        dtype=np.float32,
-        count=len(frame),
-    )
+    # The user's share of each value of the item's multi-hot feature, summed (0 past the end).
+    for share_column, feature, out in layout.affinities:
+        share = u[share_column].to_numpy()
+        values = frame[feature].to_numpy()
+        frame[out] = np.fromiter(
+            (
+                float(np.asarray(s, dtype=np.float32)[g[g < len(s)]].sum())
+                for s, g in zip(share, (np.asarray(x, dtype=np.int64) for x in values), strict=True)
+            ),
+            dtype=np.float32,
+            count=len(frame),
+        )
     return frame
 
 
@@ -101,6 +97,7 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
         seen_users, seen_items: pairs never recommended (the train and validation items).
         item_popularity: per item index, its train positives (the fallback's order).
         n_candidates, top_k: list length of retrieval, and recommendations per user.
+        layout: :meth:`FeatureLayout.to_dict` of the ranker's features (the feature summary's).
     """
 
     def __init__(
@@ -118,6 +115,7 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
         item_popularity: np.ndarray,
         n_candidates: int,
         top_k: int,
+        layout: dict[str, Any],
     ) -> None:
         n_users, n_items = len(user_ids), len(item_ids)
         assert user_embeddings.shape[0] == n_users, "one embedding per user id"
@@ -136,6 +134,11 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
         popularity = np.asarray(item_popularity, dtype=np.float64)
         self.fallback_items = np.lexsort((np.arange(n_items), -popularity))[:top_k]
         self.fallback_scores = (popularity / max(popularity.sum(), 1.0))[self.fallback_items]
+        self.layout = dict(layout)
+        parsed = FeatureLayout.from_dict(self.layout)
+        absent = [c for c in parsed.user_columns if c not in self.user_features.columns]
+        absent += [c for c in parsed.item_columns if c not in self.item_features.columns]
+        assert not absent, f"the feature tables lack the layout's columns {absent}"
         self.n_candidates = int(n_candidates)
         self.top_k = int(top_k)
         self._loaded: dict[str, Any] | None = None
@@ -157,6 +160,7 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
                 "index": deserialize_index(self.index_bytes),
                 "ranker": model_from_file(self.ranker_checkpoint),
                 "user_index": {u: i for i, u in enumerate(self.user_ids)},
+                "layout": FeatureLayout.from_dict(self.layout),
             }
         return self._loaded
 
@@ -179,6 +183,7 @@ class FunnelRecommender(mlflow.pyfunc.PythonModel):
             lists["retrieval_rank"].to_numpy(),
             self.user_features,
             self.item_features,
+            self._load()["layout"],
         )
 
     def predict(

@@ -40,6 +40,7 @@ from recsys_kedro.evaluation.retrieval import (
 )
 from recsys_kedro.models import two_tower as two_tower_model
 from recsys_kedro.models.ranking import RankingConfig, model_from_file, score_frame
+from recsys_kedro.params import FEATURE_SCHEMA_FILE, feature_schema
 from recsys_kedro.reporting import metrics_and_tags
 from recsys_kedro.retrieval import IndexConfig, build_index, recall_vs_exact, search
 from recsys_kedro.retrieval.candidates import (
@@ -56,12 +57,10 @@ from recsys_kedro.training.specs import spec_from_dict, spec_to_dict
 logger = logging.getLogger(__name__)
 
 CONF_FILE = "conf/base/parameters_recommend.yml"
+
 LISTS = ("fit", "holdout", "serve")
-#: Dense features of the ranker: the retrieval stage's view, then the side statistics.
+#: The ranker's first dense features: the retrieval stage's view (the schema's follow).
 RETRIEVAL_DENSE = ("retrieval_score", "retrieval_log_rank")
-DENSE_FEATURES = (*RETRIEVAL_DENSE, *sf.DENSE_FEATURES)
-SPARSE_FEATURES = ("user_idx", "item_idx", *sf.SPARSE_FEATURES)
-JAGGED_FEATURES = ("genres",)
 
 
 def _positives(split: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -213,46 +212,94 @@ def rated_pair_rows(
 # --------------------------------------------------------------------------- features (Spark)
 
 
-def build_user_profiles(
-    raw_users: DataFrame, user_index: DataFrame, params: dict[str, Any]
-) -> DataFrame:
-    """``user_idx, age_bucket, gender, occupation, zip_prefix`` (0 = unknown)."""
-    return sf.user_profiles(
-        sf.strip_atomic_types(raw_users), user_index, age_buckets=tuple(params["age_buckets"])
+def _profiles(
+    side: DataFrame | None, index: DataFrame, table: sf.SideTable, dataset: str
+) -> tuple[DataFrame, dict[str, Any]]:
+    try:
+        profiles, report = sf.side_profiles(side, index, table)
+    except sf.SchemaError as exc:
+        raise ValueError(
+            f"{exc} (catalog entry `{dataset}`; its features: feature_schema.{table.entity}s "
+            f"in {FEATURE_SCHEMA_FILE})"
+        ) from exc
+    cover = report["coverage"]
+    logger.info(
+        "%s features: %d of %d ids have a row in `%s` (the rest get unknown values), "
+        "%d rows match no id, %d rows have no id; missing values per feature: %s",
+        table.entity,
+        cover["with_side_row"],
+        cover["ids"],
+        dataset,
+        cover["unmatched_side_rows"],
+        cover["side_rows_without_id"],
+        cover["missing"],
     )
+    return profiles, report
+
+
+def build_user_profiles(
+    raw_users: DataFrame, user_index: DataFrame, schema: dict[str, Any]
+) -> tuple[DataFrame, dict[str, Any]]:
+    """``user_idx`` and the user features ``feature_schema.users`` declares, and a report
+    of how many users have a side row and how many values are missing."""
+    return _profiles(raw_users, user_index, feature_schema(schema).users, "raw_users")
 
 
 def build_item_profiles(
-    raw_items: DataFrame, item_index: DataFrame, params: dict[str, Any]
-) -> DataFrame:
-    """``item_idx, year_bucket, genres`` (a never-empty array of genre indexes)."""
-    return sf.item_profiles(
-        sf.strip_atomic_types(raw_items), item_index, year_buckets=tuple(params["year_buckets"])
-    )
+    raw_items: DataFrame, item_index: DataFrame, schema: dict[str, Any]
+) -> tuple[DataFrame, dict[str, Any]]:
+    """``item_idx`` and the item features ``feature_schema.items`` declares, and a report."""
+    return _profiles(raw_items, item_index, feature_schema(schema).items, "raw_items")
 
 
 def build_side_statistics(
     train: DataFrame,
     user_index: DataFrame,
     item_index: DataFrame,
-    user_profiles: DataFrame,
     item_profiles: DataFrame,
-    params: dict[str, Any],
+    user_report: dict[str, Any],
+    item_report: dict[str, Any],
+    schema: dict[str, Any],
 ) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
-    """Per-user and per-item statistics of the **train split only**, and the cardinality of
-    every sparse feature (what the ranker's tables need)."""
-    cards = sf.cardinalities(user_profiles, item_profiles)
+    """Per-user and per-item statistics of the **train split only** (mean ratings only
+    where the data have ratings), and the feature summary: every sparse feature's
+    cardinality, the ranker's layout and the side tables' coverage."""
+    parsed = feature_schema(schema)
+    ratings = sf.train_has_ratings(train)
+    cards = {
+        "user_idx": int(user_report["coverage"]["ids"]),
+        "item_idx": int(item_report["coverage"]["ids"]),
+        **user_report["cardinalities"],
+        **item_report["cardinalities"],
+    }
+    layout = sf.feature_layout(parsed, cards, ratings=ratings)
+    shares = {feature: cards[feature] for _, feature, _ in layout.affinities}
     users = sf.user_statistics(
         train,
         user_index,
         item_profiles,
-        int(cards["genres"]),
-        prior_weight=float(params.get("user_prior_weight", 0.0)),
+        shares,
+        ratings=ratings,
+        prior_weight=parsed.user_prior_weight,
     )
     items = sf.item_statistics(
-        train, item_index, prior_weight=float(params.get("item_prior_weight", 10.0))
+        train, item_index, ratings=ratings, prior_weight=parsed.item_prior_weight
     )
-    return users, items, {"cardinalities": {k: int(v) for k, v in cards.items()}}
+    summary = {
+        "cardinalities": cards,
+        "layout": layout.to_dict(),
+        "coverage": {"users": user_report["coverage"], "items": item_report["coverage"]},
+    }
+    return users, items, summary
+
+
+def _layout(feature_summary: dict[str, Any]) -> sf.FeatureLayout:
+    if "layout" not in feature_summary:
+        raise ValueError(
+            "feature_summary has no layout (written by an older run): re-run the features "
+            "stage (`kedro run --pipelines=recommend --namespaces=recommend`)"
+        )
+    return sf.FeatureLayout.from_dict(feature_summary["layout"])
 
 
 def build_ranker_lists(
@@ -261,10 +308,12 @@ def build_ranker_lists(
     item_profiles: DataFrame,
     user_stats: DataFrame,
     item_stats: DataFrame,
+    feature_summary: dict[str, Any],
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """The ranker's rows, one per candidate: the fit lists (it learns from them), the holdout
     lists (they choose its epoch) and the serve lists (what it re-orders for every user)."""
-    return _ranker_splits(candidates, user_profiles, item_profiles, user_stats, item_stats, LISTS)
+    tables = (user_profiles, item_profiles, user_stats, item_stats)
+    return _ranker_splits(candidates, *tables, _layout(feature_summary), LISTS)
 
 
 def build_rated_pair_splits(
@@ -273,12 +322,12 @@ def build_rated_pair_splits(
     item_profiles: DataFrame,
     user_stats: DataFrame,
     item_stats: DataFrame,
+    feature_summary: dict[str, Any],
 ) -> tuple[DataFrame, DataFrame]:
     """The ablation ranker's train (rated train pairs) and validation (rated validation
     pairs) splits, with exactly the features of the candidate lists."""
-    return _ranker_splits(
-        rated_pairs, user_profiles, item_profiles, user_stats, item_stats, ("fit", "holdout")
-    )
+    tables = (user_profiles, item_profiles, user_stats, item_stats)
+    return _ranker_splits(rated_pairs, *tables, _layout(feature_summary), ("fit", "holdout"))
 
 
 def _ranker_splits(
@@ -287,6 +336,7 @@ def _ranker_splits(
     item_profiles: DataFrame,
     user_stats: DataFrame,
     item_stats: DataFrame,
+    layout: sf.FeatureLayout,
     lists: tuple[str, ...],
 ) -> tuple[DataFrame, ...]:
     rows = sf.ranker_rows(
@@ -297,11 +347,15 @@ def _ranker_splits(
         item_profiles,
         user_stats,
         item_stats,
+        layout,
     )
     columns = [
         F.col("label").cast("int"),
-        *[F.col(c).cast("float") for c in DENSE_FEATURES],
-        *[F.col(c) if c in JAGGED_FEATURES else F.col(c).cast("long") for c in SPARSE_FEATURES],
+        *[F.col(c).cast("float") for c in (*RETRIEVAL_DENSE, *layout.dense_features)],
+        *[
+            F.col(c) if c in layout.jagged else F.col(c).cast("long")
+            for c in layout.sparse_features
+        ],
         F.col("retrieval_rank").cast("int"),
     ]
     return tuple(rows.where(F.col("list") == name).select(*columns) for name in lists)
@@ -344,13 +398,8 @@ def _ranker_spec(
     name: str,
     selection: dict[str, Any],
 ) -> dict[str, Any]:
-    cards = feature_summary["cardinalities"]
-    missing = [c for c in SPARSE_FEATURES if c not in cards]
-    if missing:
-        raise ValueError(
-            f"feature_summary has no cardinality for {missing}: re-run the features stage "
-            "(`kedro run --pipelines=recommend --namespaces=recommend.features`)"
-        )
+    layout = _layout(feature_summary)
+    dense_features = (*RETRIEVAL_DENSE, *layout.dense_features)
     params = dict(model_params)
     scaling: dict[str, Any] = {}
     if params.pop("standardize_dense", False):
@@ -359,7 +408,7 @@ def _ranker_spec(
                 "the ranker's train split is empty: no user has validation positives "
                 "(two_tower.features.split in conf/base/parameters_two_tower.yml)"
             )
-        dense = train[list(DENSE_FEATURES)].to_numpy(np.float64)
+        dense = train[list(dense_features)].to_numpy(np.float64)
         std = dense.std(axis=0)
         scaling = {
             "dense_mean": tuple(dense.mean(axis=0).tolist()),
@@ -367,10 +416,10 @@ def _ranker_spec(
         }
     try:
         config = RankingConfig(
-            dense_features=DENSE_FEATURES,
-            sparse_features=SPARSE_FEATURES,
-            cardinalities=tuple(int(cards[c]) for c in SPARSE_FEATURES),
-            jagged_features=JAGGED_FEATURES,
+            dense_features=dense_features,
+            sparse_features=layout.sparse_features,
+            cardinalities=tuple(int(layout.cardinalities[c]) for c in layout.sparse_features),
+            jagged_features=layout.jagged,
             **scaling,
             **params,
         )
@@ -420,7 +469,7 @@ def _holdout_metrics(
         "rerank": score_frame(ranker, holdout_lists),
         "rated_pairs_rerank": score_frame(rated_pairs_ranker, holdout_lists),
         "logreg_rerank": logistic_regression_scores(
-            fit_lists, holdout_lists, list(DENSE_FEATURES), seed
+            fit_lists, holdout_lists, list(ranker.config.dense_features), seed
         ),
     }
     out: dict[str, float] = {}
@@ -475,7 +524,7 @@ def rerank_and_evaluate(
     serve["ranker_score"] = score_frame(ranker, serve)
     serve["rated_pairs_score"] = score_frame(rated_pairs_ranker, serve)
     serve["logreg_score"] = logistic_regression_scores(
-        fit_lists, serve, list(DENSE_FEATURES), int(params.get("seed", 0))
+        fit_lists, serve, list(ranker.config.dense_features), int(params.get("seed", 0))
     )
     rel_u, rel_i = _relevant(test, train, validation)
     u, i = serve["user_idx"].to_numpy(np.int64), serve["item_idx"].to_numpy(np.int64)
@@ -699,6 +748,7 @@ def package_recommender(
     item_profiles: pd.DataFrame,
     user_statistics: pd.DataFrame,
     item_statistics: pd.DataFrame,
+    feature_summary: dict[str, Any],
     train: pd.DataFrame,
     validation: pd.DataFrame,
     retrieval_params: dict[str, Any],
@@ -707,8 +757,9 @@ def package_recommender(
     """The funnel as one MLflow pyfunc model (:class:`FunnelRecommender`), twice: for the
     model directory (``data/06_models/recommender``) and for the MLflow run.
 
-    It serves what the batch path serves: the same index, ranker and feature tables, the
-    train and validation items excluded, ``n_candidates`` and ``top_k`` of the run.
+    It serves what the batch path serves: the same index, ranker and feature tables (the
+    layout of ``feature_summary``), the train and validation items excluded,
+    ``n_candidates`` and ``top_k`` of the run.
     """
     from recsys_kedro.retrieval import serialize_index
     from recsys_kedro.serving.recommender import FunnelRecommender
@@ -744,6 +795,7 @@ def package_recommender(
         seen_users=np.concatenate([train["user_idx"], validation["user_idx"]]),
         seen_items=np.concatenate([train["item_idx"], validation["item_idx"]]),
         item_popularity=np.bincount(positives, minlength=n_items),
+        layout=feature_summary["layout"],
         n_candidates=int(retrieval_params["n_candidates"]),
         top_k=int(evaluation_params["top_k"]),
     )

@@ -87,6 +87,7 @@ def _rated_pairs_ablation() -> Pipeline:
                     "item_profiles@spark",
                     "user_statistics@spark",
                     "item_statistics@spark",
+                    "feature_summary",
                 ],
                 outputs=["train_split@spark", "validation_split@spark"],
                 name="build_rated_pair_splits",
@@ -247,14 +248,14 @@ def _create_pipeline() -> Pipeline:
         [
             node(
                 build_user_profiles,
-                inputs=["raw_users", f"{TT}.user_index@spark", "params:features"],
-                outputs="user_profiles@spark",
+                inputs=["raw_users", f"{TT}.user_index@spark", "params:feature_schema"],
+                outputs=["user_profiles@spark", "user_feature_report"],
                 name="build_user_profiles",
             ),
             node(
                 build_item_profiles,
-                inputs=["raw_items", f"{TT}.item_index@spark", "params:features"],
-                outputs="item_profiles@spark",
+                inputs=["raw_items", f"{TT}.item_index@spark", "params:feature_schema"],
+                outputs=["item_profiles@spark", "item_feature_report"],
                 name="build_item_profiles",
             ),
             node(
@@ -263,9 +264,10 @@ def _create_pipeline() -> Pipeline:
                     f"{TT}.train_split@spark",
                     f"{TT}.user_index@spark",
                     f"{TT}.item_index@spark",
-                    "user_profiles@spark",
                     "item_profiles@spark",
-                    "params:features",
+                    "user_feature_report",
+                    "item_feature_report",
+                    "params:feature_schema",
                 ],
                 outputs=["user_statistics@spark", "item_statistics@spark", "feature_summary"],
                 name="build_side_statistics",
@@ -278,6 +280,7 @@ def _create_pipeline() -> Pipeline:
                     "item_profiles@spark",
                     "user_statistics@spark",
                     "item_statistics@spark",
+                    "feature_summary",
                 ],
                 outputs=["fit_lists@spark", "holdout_lists@spark", "serve_lists@spark"],
                 name="build_ranker_lists",
@@ -343,6 +346,7 @@ def _create_pipeline() -> Pipeline:
                     "item_profiles@pandas",
                     "user_statistics@pandas",
                     "item_statistics@pandas",
+                    "feature_summary",
                     f"{TT}.train_split@pandas",
                     f"{TT}.validation_split@pandas",
                     "params:retrieval",
@@ -387,6 +391,11 @@ def _create_pipeline() -> Pipeline:
             f"{TT}.item_index@pandas",
             *_REFIT_INPUTS,
         },
-        parameters={"params:launch", f"params:{TT}.export", f"params:{TT}.training"},
+        parameters={
+            "params:launch",
+            "params:feature_schema",
+            f"params:{TT}.export",
+            f"params:{TT}.training",
+        },
     )
     return _two_tower_stages() + funnel
