@@ -76,13 +76,13 @@ def two_tower_project(tmp_path_factory, spark):
     from tests.integration.test_two_tower_pipeline import (
         SMALL_RUN,
         write_fixture_inter,
-        write_fixture_item,
+        write_side_files,
     )
 
     root = make_project(tmp_path_factory.mktemp("two_tower_project"))
     raw = root / "data" / "01_raw" / "ml-100k"
     n_pairs = write_fixture_inter(raw / "ml-100k.inter")
-    write_fixture_item(raw / "ml-100k.item")
+    write_side_files(raw)
     run_project(root, {"two_tower": copy.deepcopy(SMALL_RUN)}, pipeline_name="two_tower")
     return root, n_pairs
 
@@ -99,10 +99,9 @@ def recommend_project(tmp_path_factory, two_tower_project):
     import shutil
 
     from tests.integration.conftest import make_project, run_project
-    from tests.integration.test_recommend_pipeline import PARAMS, write_side_files
+    from tests.integration.test_recommend_pipeline import PARAMS
 
     root = make_project(tmp_path_factory.mktemp("recommend_project"), SERVING_CATALOG)
     shutil.copytree(two_tower_project[0] / "data", root / "data")
-    write_side_files(root / "data" / "01_raw" / "ml-100k")
     run_project(root, copy.deepcopy(PARAMS), pipeline_name="recommend", namespaces=["recommend"])
     return root

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from .conftest import make_project
-from .test_two_tower_pipeline import SMALL_RUN, write_fixture_inter
+from .test_two_tower_pipeline import SMALL_RUN, write_fixture_inter, write_side_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration, pytest.mark.slow]
 
@@ -167,6 +167,7 @@ def _kedro_run(root: Path, env: str, extra_env: dict[str, str]) -> None:
 def _project(tmp_path_factory, name: str) -> Path:
     root = make_project(tmp_path_factory.mktemp(name))
     write_fixture_inter(root / "data" / "01_raw" / "ml-100k" / "ml-100k.inter")
+    write_side_files(root / "data" / "01_raw" / "ml-100k")
     conf = root / "conf" / "cluster" / "parameters_test_run.yml"
     conf.write_text(yaml.safe_dump(RUN_PARAMETERS))
     return root

@@ -16,29 +16,9 @@ import pytest
 
 from recsys_kedro.mds import count_block_rows
 
-from .test_two_tower_pipeline import N_ITEMS, N_USERS, SMALL_RUN
+from .test_two_tower_pipeline import N_GENRES, N_ITEMS, N_USERS, SMALL_RUN
 
 pytestmark = pytest.mark.integration
-
-GENRES = ["Action", "Comedy", "Drama", "Horror"]
-
-
-def write_side_files(raw) -> None:
-    """``ml-100k.user`` / ``.item`` for the fixture's ids, RecBole atomic format; user 7
-    has no profile and item 3 has only the "unknown" genre (both must be handled)."""
-    rng = np.random.default_rng(5)
-    with (raw / "ml-100k.user").open("w") as f:
-        f.write("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n")
-        for u in range(1, N_USERS + 1):
-            if u != 7:
-                job = rng.choice(["artist", "doctor", "student"])
-                f.write(f"{u}\t{rng.integers(15, 70)}\t{rng.choice(['F', 'M'])}\t{job}\t0{u:04d}\n")
-    with (raw / "ml-100k.item").open("w") as f:
-        f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
-        for i in range(1, N_ITEMS + 1):
-            genres = "unknown" if i == 3 else " ".join(GENRES[j] for j in {i % 4, (i // 4) % 4})
-            f.write(f"{i}\tMovie {i}\t{1950 + i}\t{genres}\n")
-
 
 PARAMS = {
     "two_tower": copy.deepcopy(SMALL_RUN),
@@ -94,7 +74,7 @@ def test_ranker_rows_are_exported_list_by_list(pipeline_run):
     summary = json.loads((root / "data/04_feature/recommend/feature_summary.json").read_text())
     cards = summary["cardinalities"]
     assert cards["user_idx"] == N_USERS and cards["item_idx"] == N_ITEMS
-    assert cards["genres"] == len(GENRES) + 1  # 0 = no genre ("unknown" is ignored)
+    assert cards["genres"] == N_GENRES + 1  # 0 = no genre ("unknown" is ignored)
     # user 7 has no side row: unknown values, counted, never dropped
     users = summary["coverage"]["users"]
     assert users["ids"] == N_USERS and users["without_side_row"] == 1

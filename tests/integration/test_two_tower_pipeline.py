@@ -47,15 +47,27 @@ def write_fixture_inter(path: Path) -> int:
 
 
 GENRES = ("Comedy Romance", "Action Thriller", "Sci-Fi Film-Noir")  # one per item cluster
+N_GENRES = len({g for pair in GENRES for g in pair.split()})
 
 
-def write_fixture_item(path: Path) -> None:
-    """A RecBole ``.item`` file like ml-100k's: id, title, year, space-separated genres."""
+def write_side_files(raw: Path) -> None:
+    """``ml-100k.user`` / ``.item`` for the fixture's ids in RecBole's atomic format (the
+    side tables of conf/base's feature schema): an item's genres say its cluster; user 7
+    has no profile and item 3 has only the "unknown" genre (both must be handled)."""
+    rng = np.random.default_rng(5)
+    raw.mkdir(parents=True, exist_ok=True)
+    with (raw / "ml-100k.user").open("w") as f:
+        f.write("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n")
+        for u in range(1, N_USERS + 1):
+            if u != 7:
+                job = rng.choice(["artist", "doctor", "student"])
+                f.write(f"{u}\t{rng.integers(15, 70)}\t{rng.choice(['F', 'M'])}\t{job}\t0{u:04d}\n")
     lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
     lines += [
-        f"{i}\tFixture Movie {i}\t{1990 + i % 7}\t{GENRES[i % 3]}" for i in range(1, N_ITEMS + 1)
+        f"{i}\tFixture Movie {i}\t{1990 + i % 7}\t{'unknown' if i == 3 else GENRES[i % 3]}"
+        for i in range(1, N_ITEMS + 1)
     ]
-    path.write_text("\n".join(lines) + "\n")
+    (raw / "ml-100k.item").write_text("\n".join(lines) + "\n")
 
 
 #: A two_tower run small enough for a test on the fixture data: the session's one two_tower
@@ -70,7 +82,13 @@ SMALL_RUN = {
         "embedding_lr": 0.1,
         "dense_lr": 0.005,
     },
-    "model": {"embedding_dim": 16, "layer_sizes": [32, 16]},
+    # side features on: the towers' sharded side tables get their one real 2-rank run here
+    "model": {
+        "embedding_dim": 16,
+        "layer_sizes": [32, 16],
+        "side_features": True,
+        "item_id_dropout": 0.1,
+    },
     "evaluation": {  # ALS with one trial at one point: the search is tested in tests/models
         "als": {
             "max_iter": 3,

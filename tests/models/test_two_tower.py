@@ -234,3 +234,134 @@ def test_checkpoint_round_trip_in_a_fresh_process(model, tmp_path):
 def test_model_from_file_rejects_foreign_dicts():
     with pytest.raises(ValueError, match="expected a 'recsys_kedro.two_tower/v1' model file"):
         model_from_file({"state_dict": {}})
+
+
+# ----------------------------------------------------------------- side features in the towers
+
+SIDE = TwoTowerConfig(
+    num_users=7,
+    num_items=11,
+    embedding_dim=8,
+    layer_sizes=(16, 4),
+    user_side=(("segment", 3, 1),),
+    item_side=(("category", 4, 1), ("tags", 5, 3)),
+    item_dense=2,
+)
+
+
+def _side_tables(seed: int = 0) -> dict:
+    rng = torch.Generator().manual_seed(seed)
+    tags = torch.randint(0, 5, (11, 3), generator=rng)
+    tags[::2, 2] = -1  # bags of two for half the items
+    known = torch.ones(11)
+    known[10] = 0.0  # item 10: never in training
+    return {
+        "user": {"segment": torch.randint(0, 3, (7, 1), generator=rng).tolist()},
+        "item": {
+            "category": torch.randint(0, 4, (11, 1), generator=rng).tolist(),
+            "tags": tags.tolist(),
+        },
+        "user_dense": [[]] * 7,
+        "item_dense": torch.randn(11, 2, generator=rng).tolist(),
+        "item_known": known.tolist(),
+    }
+
+
+@pytest.fixture
+def side_model():
+    torch.manual_seed(0)
+    model = build_two_tower(SIDE, device="cpu", negatives=negative_features(2))
+    model.set_side_tables(_side_tables())
+    return model
+
+
+def test_side_features_feed_the_towers(side_model):
+    users, items = torch.tensor([2, 5, 0]), torch.tensor([9, 1, 10])
+    layout = BatchLayout(sparse=("user_idx", "item_idx"), sampled=(("neg_item_idx_0", 11),
+                         ("neg_item_idx_1", 11)))  # fmt: skip
+    kjt = layout.to_batch({"user_idx": users, "item_idx": items, "label": torch.zeros(3)})
+    query, candidate, negatives = side_model(kjt.sparse_features)
+    assert negatives.shape == (6, 4)
+    side_model.eval()
+    torch.testing.assert_close(side_model.encode_users(users), query)
+    torch.testing.assert_close(side_model.encode_items(items), candidate)
+    # An item's attributes move its embedding; an unseen item's id embedding does not.
+    before = side_model.encode_items(torch.tensor([10, 3]))
+    side_model.ebc.embedding_bags["t_item"].weight.data[[10, 3]] += 1.0
+    after = side_model.encode_items(torch.tensor([10, 3]))
+    torch.testing.assert_close(after[0], before[0])
+    assert not torch.allclose(after[1], before[1])
+    side_model.item_dense[3] += 1.0
+    assert not torch.allclose(side_model.encode_items(torch.tensor([3]))[0], after[1])
+
+
+def test_side_tables_travel_in_the_model_file(side_model):
+    side_model.eval()
+    loaded = model_from_file(make_model_file(SIDE, build_and_copy(side_model)))
+    items = torch.arange(11)
+    torch.testing.assert_close(loaded.encode_items(items), side_model.encode_items(items))
+    torch.testing.assert_close(loaded.encode_users(torch.arange(7)), side_model.encode_users(
+        torch.arange(7)))  # fmt: skip
+
+
+def build_and_copy(model) -> dict:
+    """The state dict of ``model`` without the negatives (a saved model has none)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_side_config_and_tables_are_checked():
+    with pytest.raises(ValueError, match="item_side needs distinct names"):
+        TwoTowerConfig(num_users=2, num_items=2, item_side=(("a", 3, 1), ("a", 3, 1)))
+    with pytest.raises(ValueError, match="item_id_dropout"):
+        TwoTowerConfig(num_users=2, num_items=2, item_id_dropout=1.0)
+    model = build_two_tower(SIDE, device="cpu")
+    tables = _side_tables()
+    tables["item"]["category"][0] = [4]  # the table has rows 0..3
+    with pytest.raises(AssertionError, match="outside"):
+        model.set_side_tables(tables)
+    tables = _side_tables()
+    tables["item_dense"] = tables["item_dense"][:5]
+    with pytest.raises(AssertionError, match="item_dense"):
+        model.set_side_tables(tables)
+
+
+def test_a_new_item_is_placed_by_its_attributes():
+    """Users like the items of one of four categories; items 36-39 (one per category) are
+    never in training. After training with side features, each new item ranks above the
+    catalogue's middle for the users of its category, and far above it on average; with
+    ids only it is a random vector."""
+    n_users, n_items, n_cat = 80, 40, 4
+    category = torch.arange(n_items) % n_cat
+    taste = torch.arange(n_users) % n_cat
+    known = torch.ones(n_items)
+    known[36:] = 0.0
+    config = TwoTowerConfig(
+        num_users=n_users, num_items=n_items, embedding_dim=8, layer_sizes=(16, 8),
+        item_side=(("category", n_cat, 1),), item_id_dropout=0.3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_two_tower(config, device="cpu")
+    model.set_side_tables({
+        "user": {}, "item": {"category": category.unsqueeze(1).tolist()},
+        "user_dense": [[]] * n_users, "item_dense": [[]] * n_items, "item_known": known.tolist(),
+    })  # fmt: skip
+    task = TwoTowerTrainTask(model, temperature=0.1)
+    optimizer = torch.optim.Adam(task.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        users = torch.randint(0, n_users, (64,), generator=gen)
+        # a liked, known item of the user's category
+        items = taste[users] + n_cat * torch.randint(0, 9, (64,), generator=gen)
+        loss, _ = task(make_batch(users, items, torch.ones(64)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    scores = model.encode_users(torch.arange(n_users)) @ model.encode_items(
+        torch.arange(n_items)).T  # fmt: skip
+    ranks = (scores.unsqueeze(1) > scores.unsqueeze(2)).sum(2) + 1  # (users, items): 1 = best
+    for item in range(36, 40):
+        fans = taste == category[item]
+        mean_rank = ranks[fans, item].float().mean().item()
+        assert mean_rank <= n_items / n_cat, (item, mean_rank)  # among its category's items
+        assert ranks[fans, item].max().item() <= n_items / 2  # above the middle for every fan

@@ -424,19 +424,3 @@ def test_package_recommender_serves_from_the_run_tables(data, lists):
             *args[:5], item_profiles.iloc[:-1], user_stats, item_stats.iloc[:-1], _summary(),
             train, validation, RETRIEVAL, {"top_k": 4},
         )  # fmt: skip
-
-
-def test_a_side_table_without_features_may_be_absent(spark):
-    from recsys_kedro.pipelines.recommend.nodes import build_item_profiles, build_user_profiles
-
-    index = spark.createDataFrame([("u1", 0), ("u2", 1)], "user_id string, user_idx long")
-    schema = {"users": {"features": {}}, "items": {"features": {}}}
-    profiles, report = build_user_profiles(None, index, schema)
-    assert profiles.columns == ["user_idx"] and profiles.count() == 2
-    assert report["coverage"]["without_side_row"] == 2 and report["cardinalities"] == {}
-    declared = {"items": {"features": {"brand": {"kind": "categorical"}}}}
-    items = index.toDF("item_id", "item_idx")
-    with pytest.raises(ValueError, match=r"absent but features \['brand'\].*raw_items"):
-        build_item_profiles(None, items, declared)
-    with pytest.raises(ValueError, match="feature_schema: .*parameters_features.yml"):
-        build_item_profiles(None, items, {"items": {"features": {"brand": {"kind": "bag"}}}})

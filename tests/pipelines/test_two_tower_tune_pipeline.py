@@ -14,7 +14,11 @@ def test_the_data_stages_are_the_two_tower_pipelines_own_nodes():
     tune, model = _by_name(two_tower_tune.create_pipeline()), _by_name(two_tower.create_pipeline())
     stages = {name for name in tune if name != "two_tower.tuning.tune_two_tower"}
     assert stages and all(n.startswith(("two_tower.ingestion.", "two_tower.features.",
-                                        "two_tower.export.")) for n in stages)  # fmt: skip
+                                        "two_tower.side_features.", "two_tower.export."))
+                          for n in stages)  # fmt: skip
+    # the towers' side tables too: a trial trains the model the two_tower pipeline trains
+    assert "two_tower.side_tables" in _by_name(two_tower_tune.create_pipeline())[
+        "two_tower.tuning.tune_two_tower"].inputs  # fmt: skip
     for name in stages:  # the same nodes: same function, same datasets
         assert tune[name].func is model[name].func, name
         assert tune[name].inputs == model[name].inputs and tune[name].outputs == model[name].outputs

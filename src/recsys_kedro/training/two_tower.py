@@ -69,6 +69,9 @@ class TwoTowerSpec:
     #: False: no per-epoch retrieval metrics (a refit whose training data holds the
     #: validation period has nothing held out to rank); then ``monitor`` must be None.
     validate_retrieval: bool = True
+    #: The per-id side values of the model's side features (plain lists, see
+    #: :meth:`TwoTower.set_side_tables`); None when the model has none.
+    side_tables: dict[str, Any] | None = None
 
     report_val_loss = False  # ModelSpec: a class attribute, not a field (see config.py)
 
@@ -96,6 +99,10 @@ class TwoTowerSpec:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.model.has_side != (self.side_tables is not None):
+            raise ValueError(
+                "side_tables go with a model that has side features: give both or neither"
+            )
         if self.item_counts is not None and len(self.item_counts) != self.model.num_items:
             raise ValueError(
                 f"item_counts has {len(self.item_counts)} entries, the model "
@@ -123,6 +130,9 @@ class TwoTowerSpec:
             for m in tower.modules():
                 if isinstance(m, nn.Linear):
                     m.reset_parameters()
+        if self.side_tables is not None:
+            two_tower.materialize_side_tables(device)
+            two_tower.set_side_tables(self.side_tables)
         return TwoTowerTrainTask(
             two_tower,
             loss=self.loss,
@@ -264,11 +274,69 @@ def _log_q_counts(popularity: pd.DataFrame, source: str) -> tuple[int, ...] | No
     return tuple(int(c) for c in popularity[column])
 
 
+def _padded(values: pd.Series, width: int) -> list[list[int]]:
+    """Each row's indexes (an int, or a list of them), padded with -1 to ``width``."""
+    rows = [np.atleast_1d(np.asarray(v, dtype=np.int64)) for v in values]
+    return [r.tolist() + [-1] * (width - len(r)) for r in rows]
+
+
+def tower_side_tables(
+    user_profiles: pd.DataFrame,
+    item_profiles: pd.DataFrame,
+    sparse: dict[str, dict[str, int]],
+    dense: dict[str, list[str]],
+    item_known: np.ndarray,
+) -> dict[str, Any]:
+    """What the towers' side features need, from the profiles of the feature schema.
+
+    Args:
+        user_profiles, item_profiles: ``user_idx`` / ``item_idx`` (0..n-1, every id once)
+            and the feature columns: a sparse feature an ``int`` index, a multi-hot one a
+            list of indexes, a dense one a float.
+        sparse: ``{"user": {feature: cardinality}, "item": {...}}``: the sparse and
+            multi-hot features each tower reads.
+        dense: ``{"user": [column, ...], "item": [...]}``: the dense columns.
+        item_known: ``(num_items,)``: whether training has the item (else its id
+            embedding is zeroed; it is its attributes).
+
+    Returns:
+        ``{"user_side": [[name, cardinality, width], ...], "item_side": [...],
+        "user_dense": n, "item_dense": n, "tables": {...}}`` (plain lists): the
+        :class:`TwoTowerConfig` fields and the spec's ``side_tables``.
+    """
+    out: dict[str, Any] = {"tables": {}}
+    for entity, profiles in (("user", user_profiles), ("item", item_profiles)):
+        key = f"{entity}_idx"
+        frame = profiles.sort_values(key).reset_index(drop=True)
+        if (frame[key].to_numpy() != np.arange(len(frame))).any():
+            raise StaleStatisticsError(
+                f"the {entity} profiles do not hold each {key} 0..{len(frame) - 1} once"
+            )
+        side, tables = [], {}
+        for name, cardinality in sparse[entity].items():
+            width = int(max((np.size(v) for v in frame[name]), default=1))
+            side.append([name, int(cardinality), max(width, 1)])
+            tables[name] = _padded(frame[name], max(width, 1))
+        columns = list(dense[entity])
+        values = frame[columns].to_numpy(np.float32) if columns else np.zeros((len(frame), 0))
+        out[f"{entity}_side"] = side
+        out[f"{entity}_dense"] = len(columns)
+        out["tables"][entity] = tables
+        out["tables"][f"{entity}_dense"] = values.tolist()
+    if len(item_known) != len(item_profiles):
+        raise StaleStatisticsError(
+            f"item_known has {len(item_known)} entries, the item profiles {len(item_profiles)}"
+        )
+    out["tables"]["item_known"] = np.asarray(item_known, dtype=np.float32).tolist()
+    return out
+
+
 def two_tower_spec_from_params(
     split_statistics: dict[str, Any],
     item_popularity: pd.DataFrame,
     model_params: dict[str, Any],
     training_params: dict[str, Any],
+    side: dict[str, Any] | None = None,
 ) -> TwoTowerSpec:
     """The two-tower's spec: table sizes from the indexes, the loss and its log-q counts.
 
@@ -277,7 +345,10 @@ def two_tower_spec_from_params(
         item_popularity: ``item_idx, n_positive, n_rated`` (log-q correction of the softmax
             loss: ``training.log_q`` picks ``candidates`` = every train row, ``positives``
             or ``none``).
-        model_params: ``embedding_dim``, ``layer_sizes``, ``normalize``.
+        model_params: ``embedding_dim``, ``layer_sizes``, ``normalize``, and
+            ``side_features`` (the towers read ``side``, the feature schema's features)
+            with ``item_id_dropout``.
+        side: :func:`tower_side_tables` (needed with ``side_features``).
         training_params: ``loss``, ``temperature``, ``log_q``, ``mask_same_user``,
             ``uniform_negatives`` (extra negatives per row, drawn uniformly),
             ``monitor`` (the per-epoch validation metric that picks the epoch kept, e.g.
@@ -295,6 +366,12 @@ def two_tower_spec_from_params(
             f"item_popularity covers {len(popularity)} items, the index {n_items}"
         )
     validation = dict(training_params.get("validation") or {})
+    towers: dict[str, Any] = {}
+    if model_params.get("side_features", False):
+        if side is None:
+            raise ValueError("side_features is on but no side tables were given")
+        towers = {k: side[k] for k in ("user_side", "item_side", "user_dense", "item_dense")}
+        towers["item_id_dropout"] = float(model_params.get("item_id_dropout", 0.0))
     return TwoTowerSpec(
         model=TwoTowerConfig(
             num_users=int(split_statistics["n_users"]),
@@ -302,7 +379,9 @@ def two_tower_spec_from_params(
             embedding_dim=int(model_params["embedding_dim"]),
             layer_sizes=tuple(model_params["layer_sizes"]),
             normalize=bool(model_params.get("normalize", True)),
+            **towers,
         ),
+        side_tables=side["tables"] if towers and side is not None else None,
         loss=training_params["loss"],
         temperature=float(training_params["temperature"]),
         item_counts=_log_q_counts(popularity, training_params.get("log_q", "positives")),

@@ -74,7 +74,7 @@ def test_train_model_node_outputs_checkpoints_and_a_rerun_that_resumes(spark, tm
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [5] * 12})
     keep = {"every_n_steps": 3, "keep_last": 1, "resume": True, "keep_after_success": True}
     params, launch = _params(tmp_path), _launch(tmp_path, checkpoints=keep)
-    spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, MODEL, params)
+    spec = two_tower_spec({"n_users": 10, "n_items": 12}, popularity, None, MODEL, params)
     assert spec_from_dict(spec).model.num_items == 12  # plain values that round-trip
     root = tmp_path / "checkpoints"
 
@@ -165,12 +165,12 @@ def test_settings_name_an_unknown_launch_key_and_a_missing_training_one(tmp_path
 def test_two_tower_spec_rejects_a_popularity_table_of_another_index(tmp_path):
     popularity = pd.DataFrame({"item_idx": range(5), "n_positive": [1] * 5})
     with pytest.raises(ValueError, match="same item index"):
-        two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
+        two_tower_spec({"n_users": 3, "n_items": 12}, popularity, None, MODEL, _params(tmp_path))
 
 
 def test_train_model_names_the_parameter_and_its_file(tmp_path):
     popularity = pd.DataFrame({"item_idx": range(12), "n_positive": [1] * 12})
-    spec = two_tower_spec({"n_users": 3, "n_items": 12}, popularity, MODEL, _params(tmp_path))
+    spec = two_tower_spec({"n_users": 3, "n_items": 12}, popularity, None, MODEL, _params(tmp_path))
     with pytest.raises(ValueError, match=r"epochs must be >= 1.*parameters_two_tower\.yml"):
         train_model(None, None, spec, _params(tmp_path, epochs=0), _launch(tmp_path))
 
@@ -182,7 +182,7 @@ def test_two_tower_spec_takes_log_q_counts_from_the_chosen_column(tmp_path):
     stats = {"n_users": 3, "n_items": 4}
 
     def counts(**overrides):
-        spec = two_tower_spec(stats, popularity, MODEL, _params(tmp_path, **overrides))
+        spec = two_tower_spec(stats, popularity, None, MODEL, _params(tmp_path, **overrides))
         return spec_from_dict(spec).item_counts
 
     assert counts() == (1, 0, 2, 0)  # default: positives
@@ -190,5 +190,5 @@ def test_two_tower_spec_takes_log_q_counts_from_the_chosen_column(tmp_path):
     assert counts(log_q="none") is None
     with pytest.raises(ValueError, match=r"log_q must be one of .*parameters_two_tower\.yml"):
         counts(log_q="items")
-    spec = two_tower_spec(stats, popularity, MODEL, _params(tmp_path, mask_same_user=True))
+    spec = two_tower_spec(stats, popularity, None, MODEL, _params(tmp_path, mask_same_user=True))
     assert spec_from_dict(spec).mask_same_user is True

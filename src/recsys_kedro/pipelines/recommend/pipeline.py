@@ -19,12 +19,10 @@ from recsys_kedro.pipelines import two_tower as two_tower_pipeline
 from recsys_kedro.pipelines.shared import export, training
 
 from .nodes import (
-    build_item_profiles,
     build_ranker_lists,
     build_rated_pair_splits,
     build_retrieval_index,
     build_side_statistics,
-    build_user_profiles,
     package_recommender,
     ranker_spec,
     rated_pair_rows,
@@ -83,8 +81,8 @@ def _rated_pairs_ablation() -> Pipeline:
                 build_rated_pair_splits,
                 inputs=[
                     "rated_pair_rows@spark",
-                    "user_profiles@spark",
-                    "item_profiles@spark",
+                    f"{TT}.user_profiles@spark",
+                    f"{TT}.item_profiles@spark",
                     "user_statistics@spark",
                     "item_statistics@spark",
                     "feature_summary",
@@ -115,8 +113,8 @@ def _rated_pairs_ablation() -> Pipeline:
         namespace="rated_pairs",
         inputs={
             "rated_pair_rows@spark",
-            "user_profiles@spark",
-            "item_profiles@spark",
+            f"{TT}.user_profiles@spark",
+            f"{TT}.item_profiles@spark",
             "user_statistics@spark",
             "item_statistics@spark",
             "feature_summary",
@@ -247,26 +245,14 @@ def _create_pipeline() -> Pipeline:
     features = Pipeline(
         [
             node(
-                build_user_profiles,
-                inputs=["raw_users", f"{TT}.user_index@spark", "params:feature_schema"],
-                outputs=["user_profiles@spark", "user_feature_report"],
-                name="build_user_profiles",
-            ),
-            node(
-                build_item_profiles,
-                inputs=["raw_items", f"{TT}.item_index@spark", "params:feature_schema"],
-                outputs=["item_profiles@spark", "item_feature_report"],
-                name="build_item_profiles",
-            ),
-            node(
                 build_side_statistics,
                 inputs=[
                     f"{TT}.train_split@spark",
                     f"{TT}.user_index@spark",
                     f"{TT}.item_index@spark",
-                    "item_profiles@spark",
-                    "user_feature_report",
-                    "item_feature_report",
+                    f"{TT}.item_profiles@spark",
+                    f"{TT}.user_feature_report",
+                    f"{TT}.item_feature_report",
                     "params:feature_schema",
                 ],
                 outputs=["user_statistics@spark", "item_statistics@spark", "feature_summary"],
@@ -276,8 +262,8 @@ def _create_pipeline() -> Pipeline:
                 build_ranker_lists,
                 inputs=[
                     "candidates@spark",
-                    "user_profiles@spark",
-                    "item_profiles@spark",
+                    f"{TT}.user_profiles@spark",
+                    f"{TT}.item_profiles@spark",
                     "user_statistics@spark",
                     "item_statistics@spark",
                     "feature_summary",
@@ -342,8 +328,8 @@ def _create_pipeline() -> Pipeline:
                     f"{TT}.item_embeddings",
                     "retrieval_index",
                     "model",
-                    "user_profiles@pandas",
-                    "item_profiles@pandas",
+                    f"{TT}.user_profiles@pandas",
+                    f"{TT}.item_profiles@pandas",
                     "user_statistics@pandas",
                     "item_statistics@pandas",
                     "feature_summary",
@@ -377,8 +363,6 @@ def _create_pipeline() -> Pipeline:
         + serving,
         namespace=NAMESPACE,
         inputs={
-            "raw_users",
-            "raw_items",
             f"{TT}.item_embeddings",
             f"{TT}.user_embeddings",
             f"{TT}.train_split@pandas",
@@ -389,6 +373,9 @@ def _create_pipeline() -> Pipeline:
             f"{TT}.item_index@spark",
             f"{TT}.user_index@pandas",
             f"{TT}.item_index@pandas",
+            *(f"{TT}.{e}_profiles@{k}" for e in ("user", "item") for k in ("spark", "pandas")),
+            f"{TT}.user_feature_report",
+            f"{TT}.item_feature_report",
             *_REFIT_INPUTS,
         },
         parameters={

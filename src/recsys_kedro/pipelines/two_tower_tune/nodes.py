@@ -41,6 +41,7 @@ def tune_two_tower(
     validation_mds: MDSFolder,
     split_statistics: dict[str, Any],
     item_popularity: pd.DataFrame,
+    side_tables: dict[str, Any],
     model_params: dict[str, Any],
     training_params: dict[str, Any],
     launch_params: dict[str, Any],
@@ -71,7 +72,7 @@ def tune_two_tower(
     def objective(values: dict[str, Any]) -> dict[str, float]:
         params = apply_overrides({"model": model_params, "training": base_training}, values)
         spec = two_tower_spec_from_params(
-            split_statistics, item_popularity, params["model"], params["training"]
+            split_statistics, item_popularity, params["model"], params["training"], side_tables
         )
         settings = TrainSettings.from_params(params["training"], launch_params)
         result = train(spec, spec_to_dict(spec), train_mds, validation_mds, settings)

@@ -8,6 +8,7 @@ from kedro.pipeline import Pipeline, node
 
 from recsys_kedro.pipelines.shared import export
 from recsys_kedro.pipelines.two_tower import features, ingestion
+from recsys_kedro.pipelines.two_tower.pipeline import side_tables_pipeline
 
 from .nodes import tune_two_tower
 
@@ -24,6 +25,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "validation_mds",
                     "split_statistics",
                     "item_popularity@pandas",
+                    "side_tables",
                     "params:model",
                     "params:training",
                     "params:launch",
@@ -36,10 +38,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         namespace="tuning",
         prefix_datasets_with_namespace=False,
     )
-    stages = ingestion.create_pipeline() + features.create_pipeline() + export.create_pipeline()
+    stages = (
+        ingestion.create_pipeline()
+        + features.create_pipeline()
+        + side_tables_pipeline()
+        + export.create_pipeline()
+    )
     return Pipeline(
         stages + tune,
         namespace=NAMESPACE,
-        inputs={"raw_interactions"},
-        parameters={"params:launch"},
+        inputs={"raw_interactions", "raw_users", "raw_items"},
+        parameters={"params:launch", "params:feature_schema"},
     )

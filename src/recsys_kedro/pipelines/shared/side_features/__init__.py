@@ -1,0 +1,5 @@
+"""The `side_features` pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
