@@ -282,7 +282,9 @@ def stage_train(
     from recsys_kedro.training.two_tower import two_tower_spec_from_params
 
     popularity = pd.read_parquet(paths.item_popularity)  # the catalog's @pandas dataset
-    spec = two_tower_spec_from_params(stats, popularity, params["model"], params["training"])
+    # The generated interactions have no side tables: the towers read ids only.
+    model = {**params["model"], "side_features": False}
+    spec = two_tower_spec_from_params(stats, popularity, model, params["training"])
     del popularity
     settings = TrainSettings.from_params(params["training"], params["launch"])
     result = train(spec, spec_to_dict(spec), folders["train"], folders["validation"], settings)

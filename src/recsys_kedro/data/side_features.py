@@ -468,6 +468,32 @@ def _global_mean_rating(train: DataFrame) -> float:
     return float(train.agg(F.avg(F.col("rating").cast("double")).alias("m")).first()["m"])
 
 
+def _counted(
+    train: DataFrame, index: DataFrame, entity: str, ratings: bool, prior_weight: float
+) -> tuple[DataFrame, list[Column]]:
+    """The index left-joined with each id's train rows, and the count statistics:
+    ``log1p`` of the rows and, with ``ratings``, the mean rating shrunk toward the global
+    train mean (:data:`STATISTICS`' names for ``entity``)."""
+    key = f"{entity}_idx"
+    rating = F.col("rating").cast("double") if ratings else F.lit(None).cast("double")
+    counts = train.groupBy(key).agg(
+        F.count("*").alias("_n"), F.count(rating).alias("_nr"), F.sum(rating).alias("_sum")
+    )
+    joined = index.select(F.col(key).cast("long")).join(counts, key, "left")
+    n = F.coalesce(F.col("_n"), F.lit(0))
+    count_name, mean_name = STATISTICS[entity]
+    columns = [F.col(key), F.log1p(n.cast("double")).cast("float").alias(count_name)]
+    if ratings:
+        mean = _shrunk_mean(
+            F.coalesce("_sum", F.lit(0.0)),
+            F.coalesce(F.col("_nr"), F.lit(0)),
+            _global_mean_rating(train),
+            prior_weight,
+        )
+        columns.append(mean.alias(mean_name))
+    return joined, columns
+
+
 def user_statistics(
     train: DataFrame,
     user_index: DataFrame,
@@ -500,24 +526,7 @@ def user_statistics(
     needed = ("user_idx", "item_idx", "label", *(("rating",) if ratings else ()))
     _require(train, needed, "train")
     _require(item_profiles, ("item_idx", *shares), "item_profiles")
-    rating = F.col("rating").cast("double") if ratings else F.lit(None).cast("double")
-    activity = train.groupBy("user_idx").agg(
-        F.count("*").alias("_n"), F.count(rating).alias("_nr"), F.sum(rating).alias("_sum")
-    )
-    joined = user_index.select(F.col("user_idx").cast("long")).join(activity, "user_idx", "left")
-    n = F.coalesce(F.col("_n"), F.lit(0))
-    columns = [
-        F.col("user_idx"),
-        F.log1p(n.cast("double")).cast("float").alias("user_log_activity"),
-    ]
-    if ratings:
-        mean = _shrunk_mean(
-            F.coalesce("_sum", F.lit(0.0)),
-            F.coalesce(F.col("_nr"), F.lit(0)),
-            _global_mean_rating(train),
-            prior_weight,
-        )
-        columns.append(mean.alias("user_mean_rating"))
+    joined, columns = _counted(train, user_index, "user", ratings, prior_weight)
     used = train.select(
         "user_idx",
         "item_idx",
@@ -569,24 +578,7 @@ def item_statistics(
     if prior_weight < 0:
         raise SchemaError(f"prior_weight must be >= 0, got {prior_weight!r}")
     _require(train, ("item_idx", *(("rating",) if ratings else ())), "train")
-    rating = F.col("rating").cast("double") if ratings else F.lit(None).cast("double")
-    counts = train.groupBy("item_idx").agg(
-        F.count("*").alias("_n"), F.count(rating).alias("_nr"), F.sum(rating).alias("_sum")
-    )
-    joined = item_index.select(F.col("item_idx").cast("long")).join(counts, "item_idx", "left")
-    n = F.coalesce(F.col("_n"), F.lit(0))
-    columns = [
-        F.col("item_idx"),
-        F.log1p(n.cast("double")).cast("float").alias("item_log_popularity"),
-    ]
-    if ratings:
-        mean = _shrunk_mean(
-            F.coalesce("_sum", F.lit(0.0)),
-            F.coalesce(F.col("_nr"), F.lit(0)),
-            _global_mean_rating(train),
-            prior_weight,
-        )
-        columns.append(mean.alias("item_mean_rating"))
+    joined, columns = _counted(train, item_index, "item", ratings, prior_weight)
     return joined.select(*columns)
 
 
