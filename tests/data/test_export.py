@@ -71,3 +71,13 @@ def test_a_missing_float_is_exported_as_nan(spark):
     out = to_mds_frame(implicit, {"num_partitions": 1, "columns": COLUMNS})
     ratings = {r.user_idx: r.rating for r in out.collect()}
     assert ratings[3] == 2.5 and ratings[1] != ratings[1]  # NaN, not null
+
+
+def test_a_weighted_splits_row_weights_always_travel(spark):
+    frame = _frame(spark)
+    weighted = frame.withColumn("weight", frame["rating"] / 2)
+    out = to_mds_frame(weighted, {"num_partitions": 1, "columns": COLUMNS})
+    assert out.columns == [*COLUMNS, "weight"] and dict(out.dtypes)["weight"] == "float"
+    assert sorted(r.weight for r in out.collect()) == [0.5, 2.25]
+    plain = to_mds_frame(_frame(spark), {"num_partitions": 1, "columns": COLUMNS})
+    assert plain.columns == list(COLUMNS)  # no weight column: nothing added

@@ -104,6 +104,43 @@ def test_events_label_drop_and_keep_a_pairs_strongest_event(spark, caplog):
     ]
 
 
+def test_event_weights_travel_with_the_kept_row(spark):
+    rule = LabelRule.from_params(
+        {
+            "rule": "events",
+            "events": {
+                "purchase": {"label": 1, "weight": 3.0},
+                "view": {"label": 1, "weight": 0.25},
+                "skip": 0,
+            },
+        }
+    )
+    assert rule.weighted and not LabelRule.from_params({"rule": "all_positive"}).weighted
+    rows = [
+        ("a", "x", None, "view", 1),
+        ("a", "x", None, "purchase", 2),  # same label as the view: the heavier event wins
+        ("a", "x", None, "view", 9),
+        ("a", "y", None, "view", 3),
+        ("b", "y", None, "skip", 6),
+    ]
+    out = _clean(spark.createDataFrame(rows, RAW), rule)
+    got = sorted((r.user_id, r.item_id, r.event, r.label, r.weight) for r in out.collect())
+    assert got == [
+        ("a", "x", "purchase", 1, 3.0),
+        ("a", "y", "view", 1, 0.25),
+        ("b", "y", "skip", 0, 1.0),  # a type without a weight weighs 1
+    ]
+    users, items = (
+        build_id_index(out, "user_id", "user_idx"),
+        build_id_index(out, "item_id", "item_idx"),
+    )
+    indexed = index_interactions(out, users, items)
+    assert sorted(r.weight for r in indexed.collect()) == [0.25, 1.0, 3.0]
+    # Without weights there is no weight column: the exported rows stay as they were.
+    plain = LabelRule.from_params({"rule": "events", "events": {"view": 1, "purchase": 1}})
+    assert "weight" not in _clean(spark.createDataFrame(rows[:3], RAW), plain).columns
+
+
 def test_an_event_type_the_rule_does_not_name_is_an_error(spark):
     rule = LabelRule.from_params({"rule": "events", "events": {"purchase": 1}})
     raw = spark.createDataFrame(
@@ -126,6 +163,10 @@ def test_an_event_type_the_rule_does_not_name_is_an_error(spark):
         ({"rule": "events", "events": {"view": 2}}, "1, 0 or drop"),
         ({"rule": "rating_threshold", "threshold": "high"}, "must be a number"),
         ({"rule": "all_positive", "treshold": 4}, "unknown key"),
+        ({"rule": "events", "events": {"view": {"weight": 0.2}}}, "takes `label`"),
+        ({"rule": "events", "events": {"view": {"label": 1, "wieght": 2}}}, "takes `label`"),
+        ({"rule": "events", "events": {"view": {"label": 1, "weight": "x"}}}, "a number"),
+        ({"rule": "events", "events": {"view": {"label": 1, "weight": 0}}}, r"in \(0, 1e6\)"),
     ],
 )
 def test_a_malformed_label_rule_is_refused(params, match):

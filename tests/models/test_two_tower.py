@@ -89,6 +89,44 @@ def test_sampled_softmax_matches_reference_with_log_q_and_accidental_hits(model)
     assert not detached.requires_grad
 
 
+def test_row_weights_make_each_loss_a_weighted_mean(model):
+    """A WeightedBatch (per event type weights): the softmax's positives and BCE's rows
+    each weigh their weight; all-ones weights give the unweighted loss."""
+    users = torch.tensor([0, 1, 2, 3, 4, 5])
+    items = torch.tensor([3, 5, 3, 9, 0, 1])
+    labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    weights = torch.tensor([3.0, 0.5, 1.0, 2.0, 0.25, 1.0])
+    layout = BatchLayout(sparse=("user_idx", "item_idx"), weight="weight")
+    columns = {"user_idx": users, "item_idx": items, "label": labels}
+    batch = layout.to_batch({**columns, "weight": weights})
+    torch.testing.assert_close(batch.to("cpu").weights, weights)
+    assert layout.dummy_batch().weights.tolist() == [0.0]  # a dummy row weighs nothing
+    q, c, _ = model(batch.sparse_features)
+    log_q = torch.zeros(11)
+    for loss_name in ("softmax", "bce"):
+        task = TwoTowerTrainTask(model, loss=loss_name, temperature=0.2, item_log_q=log_q)
+        weighted, _ = task(batch)
+        plain, _ = task(make_batch(users, items, labels))
+        ones, _ = task(layout.to_batch({**columns, "weight": torch.ones(6)}))
+        torch.testing.assert_close(ones, plain)
+        if loss_name == "bce":
+            each = torch.nn.functional.binary_cross_entropy_with_logits(
+                (q * c).sum(-1) / 0.2, labels, reduction="none"
+            )
+            expected = float((each * weights).sum() / weights.sum())
+        else:  # each positive row's own softmax term, weighted by its row's weight
+            terms = [
+                _manual_softmax_loss(q, c, items.tolist(), [float(j == i) for j in range(6)],
+                                     0.2, log_q)
+                for i in range(6)
+            ]  # fmt: skip
+            w = weights[labels > 0.5]
+            own = torch.tensor([t for t, y in zip(terms, labels, strict=True) if y > 0.5])
+            expected = float((own * w).sum() / w.sum())
+        assert weighted.item() == pytest.approx(expected, rel=1e-5), loss_name
+        assert weighted.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
 def test_same_user_positives_are_not_negatives_when_masked(model):
     log_q = item_log_q_from_counts(torch.ones(11, dtype=torch.long))
     users = torch.tensor([0, 0, 0, 1, 1, 2])  # user 0: three rows, two of them positive

@@ -17,13 +17,18 @@ from .spawn import fit_on_rank as train
 from .spawn import run_on_ranks
 
 N_USERS, N_ITEMS = 48, 36
-COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32"}
+#: ``weight`` rides along (a weighted label rule's rows); only a weighted spec reads it.
+COLUMNS = {"user_idx": "int64", "item_idx": "int64", "label": "int32", "weight": "float32"}
 
 
 def _write(path, rows):
     with MDSWriter(out=str(path), columns=COLUMNS, compression=None) as w:
         for u, i, y in rows:
-            w.write({"user_idx": np.int64(u), "item_idx": np.int64(i), "label": np.int32(y)})
+            weight = np.float32(1 + i % 3)
+            w.write(
+                {"user_idx": np.int64(u), "item_idx": np.int64(i), "label": np.int32(y),
+                 "weight": weight}
+            )  # fmt: skip
     return MDSFolder(remote=None, local=str(path), num_samples=len(rows), columns=COLUMNS)
 
 
@@ -157,8 +162,14 @@ def test_gathered_checkpoint_is_complete_and_loadable(two_rank_run):
     assert scores[same].mean() > scores[~same].mean()
 
 
-def test_bce_loss_trains_too(mds_folders, tmp_path):
-    config = _config(mds_folders, tmp_path, loss="bce", epochs=2, temperature=1.0)
+def test_bce_loss_trains_too_with_row_weights(mds_folders, tmp_path):
+    """BCE, and the rows' weights (a WeightedBatch) through the loader and the sharded
+    trainer: the weighted loss trains as well."""
+    config = _config(
+        mds_folders, tmp_path, loss="bce", epochs=2, temperature=1.0,
+        spec_overrides={"weighted": True},
+    )  # fmt: skip
+    assert config[0].layout.weight == "weight"
     (r0, _) = run_on_ranks(train, config, world_size=2, out_dir=tmp_path / "o")
     assert r0["history"]["val_auc"][-1] > 0.6
 

@@ -19,7 +19,7 @@ def to_mds_frame(split: DataFrame, params: dict[str, Any]) -> DataFrame:
             (``int64``, ``int32``, ``float32``, ``float64``) to select and cast, or ``null``
             to export every column as it is typed (arrays of ids become jagged features).
             A float column's missing values are exported as NaN (an implicit event log has
-            no rating).
+            no rating). A ``weight`` column (a weighted label rule) is always exported.
 
     Returns:
         The frame the ``{split}_mds`` dataset writes; its row count is checked against the
@@ -39,6 +39,10 @@ def to_mds_frame(split: DataFrame, params: dict[str, Any]) -> DataFrame:
                 f"export.columns names {missing}, which the split does not have "
                 f"(it has {split.columns})"
             )
+        if "weight" in split.columns and "weight" not in columns:
+            # A weighted label rule's row weights always travel (the loss reads them); a
+            # split without them keeps its columns, and so its rows' order, unchanged.
+            columns = {**columns, "weight": "float32"}
         frame = split.select(*[_cast(c, t).alias(c) for c, t in columns.items()])
     return frame.repartition(int(params["num_partitions"]))
 

@@ -38,7 +38,10 @@ class LabelRule:
     * ``all_positive`` (implicit feedback: clicks, plays, purchases): every interaction is
       positive.
     * ``events`` (an event log): ``events`` maps each event type to ``1``, ``0`` or
-      ``drop``; a type the mapping does not name is an error, never silently dropped.
+      ``drop``, or to ``{label: 1 or 0, weight: w}``; a type the mapping does not name is an
+      error, never silently dropped. ``weights`` (event type -> ``w > 0``, 1 by default)
+      weigh the kept rows in the training loss (a ``weight`` column, see
+      :func:`label_interactions`).
 
     Of several interactions of one (user, item) pair, the latest is kept under the first two
     rules; under ``events`` the one with the highest label is (then the latest of those), so
@@ -48,8 +51,21 @@ class LabelRule:
     rule: str = "rating_threshold"
     threshold: float = 4.0
     events: tuple[tuple[str, int | None], ...] = ()
+    weights: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def weighted(self) -> bool:
+        """Whether any event type weighs other than 1 (then rows carry a ``weight``)."""
+        return any(w != 1.0 for _, w in self.weights)
 
     def __post_init__(self) -> None:
+        named = {e for e, _ in self.events}
+        bad_weights = [(e, w) for e, w in self.weights if e not in named or not 0 < w < 1e6]
+        if bad_weights:
+            raise LabelRuleError(
+                f"event weights must be numbers in (0, 1e6) of event types the `events:` "
+                f"mapping names; got {bad_weights}"
+            )
         if self.rule not in LABEL_RULES:
             raise LabelRuleError(f"label rule must be one of {LABEL_RULES}, got {self.rule!r}")
         if self.rule == "events":
@@ -70,8 +86,23 @@ class LabelRule:
             raise LabelRuleError(
                 f"unknown key(s) {unknown} in the label rule; the keys are rule, threshold, events"
             )
-        events = []
-        for event, value in dict(params.get("events") or {}).items():
+        events, weights = [], []
+        for event, given in dict(params.get("events") or {}).items():
+            value = given
+            if isinstance(given, Mapping):
+                extra = sorted(set(given) - {"label", "weight"})
+                if extra or "label" not in given:
+                    raise LabelRuleError(
+                        f"`events:` {event}: a mapping takes `label` (1 or 0) and `weight`; "
+                        f"got {dict(given)!r}"
+                    )
+                try:
+                    weights.append((str(event), float(given.get("weight", 1.0))))
+                except (TypeError, ValueError):
+                    raise LabelRuleError(
+                        f"`events:` {event}: weight must be a number, got {given['weight']!r}"
+                    ) from None
+                value = given["label"]
             if value == DROP or value is None:
                 events.append((str(event), None))
             elif isinstance(value, bool) or value not in (0, 1):
@@ -90,6 +121,7 @@ class LabelRule:
             rule=str(params.get("rule", "rating_threshold")),
             threshold=threshold,
             events=tuple(events),
+            weights=tuple(weights),
         )
 
 
@@ -104,7 +136,8 @@ def label_interactions(interactions: DataFrame, rule: LabelRule) -> DataFrame:
 
     Returns:
         The rows ``rule`` keeps, with ``label: int`` and ``_priority`` (what
-        :func:`deduplicate_interactions` keeps first of a pair).
+        :func:`deduplicate_interactions` keeps first of a pair); with a weighted rule
+        (:attr:`LabelRule.weighted`) also ``weight: float`` (1 for unweighted types).
 
     Raises:
         LabelRuleError: ``rating_threshold`` on rows without a rating, ``events`` on rows
@@ -155,13 +188,19 @@ def label_interactions(interactions: DataFrame, rule: LabelRule) -> DataFrame:
                 dropped,
             )
             labelled = labelled.where(~F.col("event").isin(dropped))
+        if rule.weighted:
+            weight = F.lit(1.0)
+            for event, value in rule.weights:
+                weight = F.when(F.col("event") == event, F.lit(value)).otherwise(weight)
+            labelled = labelled.withColumn("weight", weight.cast("float"))
         return labelled.withColumn("_priority", F.col("label"))
     return labelled.withColumn("_priority", F.lit(0))
 
 
 def deduplicate_interactions(labelled: DataFrame, params: Mapping[str, Any]) -> DataFrame:
-    """Keep one interaction per (user, item): the highest ``_priority``, then the latest
-    (ties: the highest rating); drop users with too few.
+    """Keep one interaction per (user, item): the highest ``_priority``, then the highest
+    ``weight`` (if the rows have one), then the latest (ties: the highest rating); drop users
+    with too few.
 
     Args:
         labelled: :func:`label_interactions`'s output.
@@ -169,10 +208,13 @@ def deduplicate_interactions(labelled: DataFrame, params: Mapping[str, Any]) -> 
             (they cannot be split into train, validation and test).
 
     Returns:
-        ``user_id, item_id, rating, event, timestamp, label`` with unique (user_id, item_id).
+        ``user_id, item_id, rating, event, timestamp, label`` (and ``weight`` if the rows
+        have one) with unique (user_id, item_id).
     """
+    weighted = "weight" in labelled.columns
     w = Window.partitionBy("user_id", "item_id").orderBy(
         F.col("_priority").desc(),
+        *([F.col("weight").desc()] if weighted else []),
         F.col("timestamp").desc_nulls_last(),
         F.col("rating").desc_nulls_last(),
     )
@@ -182,7 +224,13 @@ def deduplicate_interactions(labelled: DataFrame, params: Mapping[str, Any]) -> 
         counts = unique.groupBy("user_id").agg(F.count("*").alias("_n"))
         unique = unique.join(counts.where(F.col("_n") >= min_n), "user_id").drop("_n")
     return unique.select(
-        "user_id", "item_id", "rating", "event", "timestamp", F.col("label").cast("int")
+        "user_id",
+        "item_id",
+        "rating",
+        "event",
+        "timestamp",
+        F.col("label").cast("int"),
+        *(["weight"] if weighted else []),
     )
 
 
@@ -239,6 +287,7 @@ def index_interactions(
         F.col("rating").cast("float").alias("rating"),
         "timestamp",
         F.col("label").cast("int").alias("label"),
+        *([F.col("weight").cast("float")] if "weight" in joined.columns else []),
     )
 
 

@@ -24,7 +24,36 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_kedro.mds.block_format import lengths_column, values_column
 
-__all__ = ["Batch", "BatchLayout"]
+__all__ = ["Batch", "BatchLayout", "WeightedBatch"]
+
+
+@dataclass
+class WeightedBatch(Batch):
+    """A :class:`Batch` whose rows weigh in the loss: ``weights`` ``(B,)`` float32 (e.g.
+    per event type). TorchRec's ``Pipelineable`` methods carry the weights along."""
+
+    weights: torch.Tensor = None  # type: ignore[assignment]  (a dataclass after defaults)
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> WeightedBatch:
+        moved = super().to(device, non_blocking=non_blocking)
+        weights = self.weights.to(device=device, non_blocking=non_blocking)
+        return WeightedBatch(**_fields(moved), weights=weights)
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        super().record_stream(stream)
+        self.weights.record_stream(stream)
+
+    def pin_memory(self) -> WeightedBatch:
+        pinned = super().pin_memory()
+        return WeightedBatch(**_fields(pinned), weights=self.weights.pin_memory())
+
+
+def _fields(batch: Batch) -> dict[str, object]:
+    return {
+        "dense_features": batch.dense_features,
+        "sparse_features": batch.sparse_features,
+        "labels": batch.labels,
+    }
 
 
 @dataclass(frozen=True)
@@ -38,6 +67,7 @@ class BatchLayout:
         jagged: The subset of ``sparse`` that is multi-valued (``<name>__values`` and
             ``<name>__lengths`` columns); the others hold one id per row.
         label: The label column.
+        weight: A column of row weights: the batch is then a :class:`WeightedBatch`.
         sampled: Sparse features that are not read but drawn per row, uniformly from
             ``0..n-1``, as ``(name, n)`` pairs: keys of ``sparse_features`` after ``sparse``
             (e.g. uniformly sampled negative items, looked up in the same sharded table as
@@ -49,6 +79,7 @@ class BatchLayout:
     jagged: tuple[str, ...] = ()
     label: str = "label"
     sampled: tuple[tuple[str, int], ...] = ()
+    weight: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("dense", "sparse", "jagged"):
@@ -58,6 +89,7 @@ class BatchLayout:
         if any(n < 1 for _, n in sampled):
             raise ValueError(f"sampled features need a range n >= 1, got {sampled}")
         names = [*self.dense, *self.sparse, *(name for name, _ in sampled), self.label]
+        names += [self.weight] if self.weight else []
         if len(set(names)) != len(names):
             raise ValueError(f"a column is listed twice in the batch layout: {names}")
         if not self.sparse:
@@ -69,7 +101,7 @@ class BatchLayout:
     @property
     def columns(self) -> list[str]:
         """The loader columns to read (jagged features by their base name)."""
-        return [*self.dense, *self.sparse, self.label]
+        return [*self.dense, *self.sparse, self.label, *([self.weight] if self.weight else [])]
 
     @property
     def keys(self) -> list[str]:
@@ -110,6 +142,13 @@ class BatchLayout:
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths)
         )
+        if self.weight:
+            return WeightedBatch(
+                dense_features=dense,
+                sparse_features=kjt,
+                labels=labels.float(),
+                weights=columns[self.weight].float(),
+            )
         return Batch(dense_features=dense, sparse_features=kjt, labels=labels.float())
 
     def dummy_batch(self) -> Batch:
@@ -117,6 +156,8 @@ class BatchLayout:
         with the others' collectives after its own share of a split is done."""
         zero = torch.zeros(1, dtype=torch.int64)
         columns: dict[str, torch.Tensor] = {self.label: zero.float()}
+        if self.weight:
+            columns[self.weight] = zero.float()  # a dummy row weighs nothing
         columns.update({c: zero.float() for c in self.dense})
         for name in self.sparse:
             if name in self.jagged:
@@ -136,7 +177,8 @@ class BatchLayout:
         n = len(rows)
         out = {}
         for name in self.columns:
-            dtype = np.float32 if name == self.label or name in self.dense else np.int64
+            floats = name in (self.label, self.weight) or name in self.dense
+            dtype = np.float32 if floats else np.int64
             out[name] = torch.from_numpy(np.fromiter((r[name] for r in rows), dtype, n))
         return out
 

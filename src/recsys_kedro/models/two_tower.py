@@ -393,7 +393,8 @@ class TwoTowerTrainTask(nn.Module):
         becomes ``p(item) + k / num_items``, the expected share of the candidate slots
         the item takes by either route, so the correction stays unbiased.
         ``bce``: binary cross-entropy of ``<q_i, c_i> / temperature`` against the label, as
-        in the Databricks notebook.
+        in the Databricks notebook. A :class:`WeightedBatch` makes either loss the weighted
+        mean over its rows (per event type, e.g. a purchase above a view).
 
     Call: ``forward(batch) -> (loss (), (loss detached (), logits (B,), labels (B,)))``;
     ``logits`` are the pointwise scores ``<q_i, c_i> / temperature`` (for AUC).
@@ -429,8 +430,15 @@ class TwoTowerTrainTask(nn.Module):
         query, candidate, negatives = self.two_tower(batch.sparse_features)
         logits = (query * candidate).sum(-1) / self.temperature
         labels = batch.labels
+        weights = getattr(batch, "weights", None)  # a WeightedBatch: rows weigh differently
         if self.loss_name == "bce":
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            if weights is None:
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            else:
+                each = nn.functional.binary_cross_entropy_with_logits(
+                    logits, labels, reduction="none"
+                )
+                loss = (each * weights).sum() / weights.sum().clamp_min(1e-12)
             if negatives.shape[0]:
                 loss = loss + negatives.sum() * 0.0  # keep every lookup in the graph
         else:
@@ -443,7 +451,7 @@ class TwoTowerTrainTask(nn.Module):
                 )
                 candidate = torch.cat([candidate, negatives])
                 items = torch.cat([items, negative_items])
-            loss = self._sampled_softmax(query, candidate, items, labels, users)
+            loss = self._sampled_softmax(query, candidate, items, labels, users, weights)
         return loss, (loss.detach(), logits.detach(), labels.detach())
 
     def _sampled_softmax(
@@ -453,9 +461,11 @@ class TwoTowerTrainTask(nn.Module):
         items: torch.Tensor,
         labels: torch.Tensor,
         users: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shapes: query ``(B, D)``; labels, users ``(B,)``; candidate ``(C, D)`` and items
-        ``(C,)`` with ``C >= B``: the batch's own items first, then any extra negatives."""
+        """Shapes: query ``(B, D)``; labels, users, weights ``(B,)``; candidate ``(C, D)``
+        and items ``(C,)`` with ``C >= B``: the batch's own items first, then any extra
+        negatives. With ``weights``, the positives' losses are their weighted mean."""
         positive = labels > 0.5
         if not bool(positive.any()):
             # Keep the graph (and so the sharded backward's collectives) intact.
@@ -474,7 +484,11 @@ class TwoTowerTrainTask(nn.Module):
             same_user = (users[rows].unsqueeze(1) == users.unsqueeze(0)) & positive
             masked = masked | nn.functional.pad(same_user, (0, extra), value=False)
         scores = scores.masked_fill(masked & ~own, float("-inf"))
-        return nn.functional.cross_entropy(scores, rows)
+        if weights is None:
+            return nn.functional.cross_entropy(scores, rows)
+        each = nn.functional.cross_entropy(scores, rows, reduction="none")
+        w = weights[positive]
+        return (each * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def item_log_q_from_counts(counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:

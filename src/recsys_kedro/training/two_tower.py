@@ -72,6 +72,8 @@ class TwoTowerSpec:
     #: The per-id side values of the model's side features (plain lists, see
     #: :meth:`TwoTower.set_side_tables`); None when the model has none.
     side_tables: dict[str, Any] | None = None
+    #: The rows carry a ``weight`` column (a weighted label rule): a weighted loss.
+    weighted: bool = False
 
     report_val_loss = False  # ModelSpec: a class attribute, not a field (see config.py)
 
@@ -112,10 +114,12 @@ class TwoTowerSpec:
     @property
     def layout(self) -> BatchLayout:
         negatives = negative_features(self.uniform_negatives)
-        if not negatives:
-            return BATCH_LAYOUT
         n = self.model.num_items
-        return dataclasses.replace(BATCH_LAYOUT, sampled=tuple((f, n) for f in negatives))
+        return dataclasses.replace(
+            BATCH_LAYOUT,
+            sampled=tuple((f, n) for f in negatives),
+            weight="weight" if self.weighted else None,
+        )
 
     def build_task(self, device: torch.device) -> nn.Module:
         log_q = None
@@ -337,6 +341,7 @@ def two_tower_spec_from_params(
     model_params: dict[str, Any],
     training_params: dict[str, Any],
     side: dict[str, Any] | None = None,
+    weighted: bool = False,
 ) -> TwoTowerSpec:
     """The two-tower's spec: table sizes from the indexes, the loss and its log-q counts.
 
@@ -349,6 +354,7 @@ def two_tower_spec_from_params(
             ``side_features`` (the towers read ``side``, the feature schema's features)
             with ``item_id_dropout``.
         side: :func:`tower_side_tables` (needed with ``side_features``).
+        weighted: the rows carry a ``weight`` (a weighted label rule): a weighted loss.
         training_params: ``loss``, ``temperature``, ``log_q``, ``mask_same_user``,
             ``uniform_negatives`` (extra negatives per row, drawn uniformly),
             ``monitor`` (the per-epoch validation metric that picks the epoch kept, e.g.
@@ -382,6 +388,7 @@ def two_tower_spec_from_params(
             **towers,
         ),
         side_tables=side["tables"] if towers and side is not None else None,
+        weighted=bool(weighted),
         loss=training_params["loss"],
         temperature=float(training_params["temperature"]),
         item_counts=_log_q_counts(popularity, training_params.get("log_q", "positives")),

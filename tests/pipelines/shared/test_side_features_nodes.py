@@ -70,3 +70,19 @@ def test_side_tables_give_the_towers_every_feature_of_the_schema():
     assert not ids_only.model.has_side and ids_only.side_tables is None
     with pytest.raises(ValueError, match="re-run the features"):
         side_tables(users.iloc[:1], items, *reports, popularity, SCHEMA)
+
+
+def test_a_weighted_label_rule_makes_the_spec_read_row_weights():
+    popularity = pd.DataFrame({"item_idx": [0, 1], "n_rated": [1, 1], "n_positive": 1})
+    model = {"embedding_dim": 4, "layer_sizes": [4]}
+    training = {"loss": "softmax", "temperature": 0.1, "log_q": "none"}
+    stats = {"n_users": 2, "n_items": 2}
+    events = {"purchase": {"label": 1, "weight": 3}, "view": 1}
+    label = {"label": {"rule": "events", "events": events}}
+    spec = spec_from_dict(two_tower_spec(stats, popularity, None, model, training, label))
+    assert spec.weighted and spec.layout.weight == "weight"
+    unlabelled = two_tower_spec(stats, popularity, None, model, training, None)
+    assert spec_from_dict(unlabelled).layout.weight is None
+    plain = {"label": {"rule": "events", "events": {"purchase": 1, "view": 1}}}
+    assert not spec_from_dict(two_tower_spec(stats, popularity, None, model, training,
+                              plain)).weighted  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from recsys_kedro.data.interactions import LabelRule
 from recsys_kedro.params import feature_schema
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import (
@@ -16,6 +17,12 @@ from recsys_kedro.training.two_tower import (
 )
 
 _RERUN_FEATURES = "`kedro run --pipelines=two_tower --namespaces=two_tower.features`"
+
+
+def weighted_rule(ingestion_params: dict[str, Any] | None) -> bool:
+    """Whether ``two_tower.ingestion.label`` weighs event types (rows carry a ``weight``)."""
+    label = dict((ingestion_params or {}).get("label") or {})
+    return LabelRule.from_params(label).weighted if label else False
 
 
 def side_tables(
@@ -51,13 +58,20 @@ def two_tower_spec(
     side: dict[str, Any],
     model_params: dict[str, Any],
     training_params: dict[str, Any],
+    ingestion_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The two-tower's spec (:func:`~recsys_kedro.training.two_tower.two_tower_spec_from_params`)
     as plain values (``spec_to_dict``), which the training node reads; with
-    ``two_tower.model.side_features`` the towers read ``side`` (:func:`side_tables`)."""
+    ``two_tower.model.side_features`` the towers read ``side`` (:func:`side_tables`), and a
+    label rule with event weights (``two_tower.ingestion.label``) makes the loss weighted."""
     try:
         spec = two_tower_spec_from_params(
-            split_statistics, item_popularity, model_params, training_params, side
+            split_statistics,
+            item_popularity,
+            model_params,
+            training_params,
+            side,
+            weighted=weighted_rule(ingestion_params),
         )
     except StaleStatisticsError as exc:
         raise ValueError(

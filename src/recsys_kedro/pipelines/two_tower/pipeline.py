@@ -53,6 +53,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "side_tables",
                     "params:model",
                     "params:training",
+                    "params:ingestion",
                 ],
                 outputs="model_spec",
                 name="two_tower_spec",

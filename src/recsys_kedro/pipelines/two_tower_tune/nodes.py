@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from recsys_kedro.mds import MDSFolder
+from recsys_kedro.pipelines.two_tower.nodes import weighted_rule
 from recsys_kedro.training.run import TrainSettings, train
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import two_tower_spec_from_params
@@ -46,6 +47,7 @@ def tune_two_tower(
     training_params: dict[str, Any],
     launch_params: dict[str, Any],
     tune_params: dict[str, Any],
+    ingestion_params: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], Figure]:
     """Search ``tune_params["space"]`` with Optuna; each trial trains the two-tower as the
     training stage does (TorchDistributor, the shared trainer; no resume checkpoints) and is
@@ -64,6 +66,7 @@ def tune_two_tower(
         })  # fmt: skip
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{exc} ({_HINT})") from exc
+    weighted = weighted_rule(ingestion_params)  # the trials train the model two_tower trains
     metric = str(tune_params.get("objective", "val_ndcg@10"))
     base_training = dict(training_params)
     if tune_params.get("epochs") is not None:
@@ -72,7 +75,12 @@ def tune_two_tower(
     def objective(values: dict[str, Any]) -> dict[str, float]:
         params = apply_overrides({"model": model_params, "training": base_training}, values)
         spec = two_tower_spec_from_params(
-            split_statistics, item_popularity, params["model"], params["training"], side_tables
+            split_statistics,
+            item_popularity,
+            params["model"],
+            params["training"],
+            side_tables,
+            weighted=weighted,
         )
         settings = TrainSettings.from_params(params["training"], launch_params)
         result = train(spec, spec_to_dict(spec), train_mds, validation_mds, settings)

@@ -30,6 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:launch",
                     "params:tune",
+                    "params:ingestion",
                 ],
                 outputs=["tune_study", "best_params", "tune_history"],
                 name="tune_two_tower",
