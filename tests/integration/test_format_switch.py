@@ -57,7 +57,7 @@ two_tower:
   ingestion:
     label:
       rule: events
-      events: {purchase: 1, cart: 1, remove: 0, view: drop}
+      events: {purchase: {label: 1, weight: 2.0}, cart: 1, remove: 0, view: drop}
   features:
     split: {test_size: 1, validation_size: 1, min_train_interactions: 1}
 """
@@ -94,8 +94,9 @@ def test_an_event_log_by_catalog_and_parameter_overrides(tmp_path, spark):
 
     # What the rule means, computed in pandas: views dropped, a pair's strongest event kept.
     strength = log["event_type"].map({"purchase": 1, "cart": 1, "remove": 0})
-    kept = log.assign(label=strength).dropna(subset=["label"])
-    pairs = kept.sort_values(["label", "ts"]).groupby(["visitor_id", "sku"]).tail(1)
+    weight = log["event_type"].map({"purchase": 2.0}).fillna(1.0)
+    kept = log.assign(label=strength, weight=weight).dropna(subset=["label"])
+    pairs = kept.sort_values(["label", "weight", "ts"]).groupby(["visitor_id", "sku"]).tail(1)
     stats = json.loads((tmp_path / "data/08_reporting/two_tower_split_statistics.json").read_text())
     total = sum(stats[s]["interactions"] for s in ("train", "validation", "test"))
     assert total == len(pairs)
@@ -108,3 +109,7 @@ def test_an_event_log_by_catalog_and_parameter_overrides(tmp_path, spark):
     clean = pd.read_parquet(tmp_path / "data/02_intermediate/two_tower/interactions")
     assert sorted(clean["timestamp"]) == sorted(pairs["ts"] // 1000)  # milliseconds -> seconds
     assert clean["rating"].isna().all() and set(clean["event"]) <= {"purchase", "cart", "remove"}
+    # the purchase's weight rides with the kept row into the splits
+    assert (clean["weight"] == clean["event"].map({"purchase": 2.0}).fillna(1.0)).all()
+    train = pd.read_parquet(tmp_path / "data/05_model_input/two_tower/splits/train")
+    assert set(train["weight"]) <= {1.0, 2.0} and (train["weight"] == 2.0).any()
