@@ -259,6 +259,13 @@ def test_rerank_scores_the_serve_lists_and_reports_every_key(data, lists):
     assert "two-tower refit on train + validation" in labels
     assert list(top.columns) == ["user_id", "item_id", "rank", "retrieval_score", "ranker_score"]
     assert top.groupby("user_id").size().eq(3).all() and top["user_id"].nunique() == N_USERS
+    # An implicit log whose every pair is a positive: the one-class ablation is left out.
+    args = (model, other, fit, holdout, serve, train.assign(label=1), validation, test)
+    rest = (user_index, item_index, report, summary, refit, params)
+    _, implicit, _, _, figure = rerank_and_evaluate(*args, *rest)
+    assert not [k for k in implicit if "rated_pairs" in k] and "rerank_ndcg@5" in implicit
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "ranker trained on rated pairs" not in labels
 
 
 def _refit_model() -> dict:

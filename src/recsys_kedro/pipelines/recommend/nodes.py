@@ -463,7 +463,8 @@ def rerank_and_evaluate(
     ``retrieval_*`` ranks the lists by the two-tower's score, ``rerank_*`` by the ranker's,
     ``logreg_rerank_*`` by a logistic regression on the same dense features fitted on the
     same fit lists, ``rated_pairs_rerank_*`` by the same ranker trained pointwise on the
-    train split's rated pairs (the ablation that shows why the ranker learns from lists),
+    train split's rated pairs (the ablation that shows why the ranker learns from lists; left
+    out when every train pair is a positive, one class),
     ``popularity_*`` is the full-catalogue most-popular baseline, ``refit_retrieval_*`` the
     full-catalogue order of the two-tower refit on train + validation
     (:func:`refit_retrieval_metrics`: the validation period the ranker learns from, seen by
@@ -542,6 +543,16 @@ def rerank_and_evaluate(
             int(params.get("seed", 0)),
         )
     )
+    one_class = train["label"].nunique() < 2
+    if one_class:
+        # An implicit log whose every kept pair is a positive: the ablation trained on one
+        # class, so its figures would mean nothing.
+        logger.warning(
+            "recommend: every train pair has label %s, so the rated-pairs ablation learned "
+            "one class; its metrics are left out",
+            train["label"].iloc[0] if len(train) else None,
+        )
+        metrics = {k: v for k, v in metrics.items() if "rated_pairs" not in k}
     metrics["ranker_test_auc"] = auc(labels, serve["ranker_score"].to_numpy()[evaluated])
     metrics["logreg_test_auc"] = auc(labels, serve["logreg_score"].to_numpy()[evaluated])
     metrics["ann_recall_vs_exact"] = float(retrieval_report["ann_recall_vs_exact"])
@@ -584,7 +595,7 @@ def rerank_and_evaluate(
         baseline_name="two-tower retrieval",
         more_baselines={
             "logistic regression rerank": logreg,
-            "ranker trained on rated pairs": rated_pairs,
+            **({} if one_class else {"ranker trained on rated pairs": rated_pairs}),
             "two-tower refit on train + validation": refit_report,
             "most popular": popularity,
         },
