@@ -9,6 +9,7 @@ from typing import Any
 from recsys_kedro.data.click_logs import ClickLogSpec
 from recsys_kedro.data.criteo import CriteoLayout
 from recsys_kedro.data.feature_schema import FeatureSchema, SchemaError
+from recsys_kedro.data.interactions import LabelRule
 
 DLRM_CONF = "conf/base/parameters_dlrm.yml"
 
@@ -60,3 +61,9 @@ def feature_schema(params: dict[str, Any] | None) -> FeatureSchema:
         return FeatureSchema.from_params(params)
     except SchemaError as exc:
         raise ValueError(f"feature_schema: {exc} (in {FEATURE_SCHEMA_FILE})") from exc
+
+
+def weighted_label_rule(ingestion_params: dict[str, Any] | None) -> bool:
+    """Whether ``two_tower.ingestion.label`` weighs event types (rows carry a ``weight``)."""
+    label = dict((ingestion_params or {}).get("label") or {})
+    return LabelRule.from_params(label).weighted if label else False

@@ -380,3 +380,21 @@ def feature_layout(
         affinities=tuple((f"user_{f}_share", f, f"{f}_affinity") for f in schema.affinity_features),
         cardinalities=dict(cardinalities),
     )
+
+
+def report_layout(
+    schema: FeatureSchema,
+    user_report: Mapping[str, Any],
+    item_report: Mapping[str, Any],
+    *,
+    ratings: bool,
+) -> FeatureLayout:
+    """:func:`feature_layout` sized by the side profiles' reports: each index's ids
+    (``coverage.ids``) and each sparse or multi-hot feature's table size."""
+    cardinalities = {
+        "user_idx": int(user_report["coverage"]["ids"]),
+        "item_idx": int(item_report["coverage"]["ids"]),
+        **user_report["cardinalities"],
+        **item_report["cardinalities"],
+    }
+    return feature_layout(schema, cardinalities, ratings=ratings)

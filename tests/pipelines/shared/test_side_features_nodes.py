@@ -50,7 +50,10 @@ def test_side_tables_give_the_towers_every_feature_of_the_schema():
             "price_missing": [0.0, 0.0, 1.0],
         }
     )
-    reports = ({"cardinalities": {"segment": 3}}, {"cardinalities": {"tags": 4}})
+    reports = (
+        {"cardinalities": {"segment": 3}, "coverage": {"ids": 2}},
+        {"cardinalities": {"tags": 4}, "coverage": {"ids": 3}},
+    )
     popularity = pd.DataFrame({"item_idx": [0, 1, 2], "n_rated": [5, 0, 2], "n_positive": 1})
     side = side_tables(users, items, *reports, popularity, SCHEMA)
     assert side["user_side"] == [["segment", 3, 1]] and side["item_side"] == [["tags", 4, 2]]

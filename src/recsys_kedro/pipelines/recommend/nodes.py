@@ -27,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_kedro.data import side_features as sf
+from recsys_kedro.data.feature_schema import report_layout
 from recsys_kedro.evaluation.lists import list_metrics, rank_lists
 from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.ranking import logistic_regression_scores
@@ -226,13 +227,8 @@ def build_side_statistics(
     cardinality, the ranker's layout and the side tables' coverage."""
     parsed = feature_schema(schema)
     ratings = sf.train_has_ratings(train)
-    cards = {
-        "user_idx": int(user_report["coverage"]["ids"]),
-        "item_idx": int(item_report["coverage"]["ids"]),
-        **user_report["cardinalities"],
-        **item_report["cardinalities"],
-    }
-    layout = sf.feature_layout(parsed, cards, ratings=ratings)
+    layout = report_layout(parsed, user_report, item_report, ratings=ratings)
+    cards = dict(layout.cardinalities)
     shares = {feature: cards[feature] for _, feature, _ in layout.affinities}
     users = sf.user_statistics(
         train,

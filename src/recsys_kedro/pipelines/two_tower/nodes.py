@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from recsys_kedro.data.interactions import LabelRule
-from recsys_kedro.params import feature_schema
+from recsys_kedro.data.feature_schema import report_layout
+from recsys_kedro.params import feature_schema, weighted_label_rule
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import (
     StaleStatisticsError,
@@ -17,12 +17,6 @@ from recsys_kedro.training.two_tower import (
 )
 
 _RERUN_FEATURES = "`kedro run --pipelines=two_tower --namespaces=two_tower.features`"
-
-
-def weighted_rule(ingestion_params: dict[str, Any] | None) -> bool:
-    """Whether ``two_tower.ingestion.label`` weighs event types (rows carry a ``weight``)."""
-    label = dict((ingestion_params or {}).get("label") or {})
-    return LabelRule.from_params(label).weighted if label else False
 
 
 def side_tables(
@@ -36,15 +30,13 @@ def side_tables(
     """The towers' side features (every feature of the schema: user ones in the user
     tower, item ones in the item tower) as per-id tables; an item with no train row is
     marked unknown, so the model encodes it by its attributes."""
-    parsed = feature_schema(schema)
-    sparse, dense = {}, {}
-    for entity, table, report in (
-        ("user", parsed.users, user_report),
-        ("item", parsed.items, item_report),
-    ):
-        roles = [f for f in table.features if f.role != "dense"]
-        sparse[entity] = {f.name: int(report["cardinalities"][f.name]) for f in roles}
-        dense[entity] = [c for f in table.features if f.role == "dense" for c in f.outputs]
+    layout = report_layout(feature_schema(schema), user_report, item_report, ratings=False)
+    cards = layout.cardinalities
+    sparse = {
+        "user": {name: int(cards[name]) for name in layout.user_sparse},
+        "item": {name: int(cards[name]) for name in layout.item_sparse},
+    }
+    dense = {"user": list(layout.user_dense), "item": list(layout.item_dense)}
     counts = item_popularity.sort_values("item_idx")["n_rated"].to_numpy()
     try:
         return tower_side_tables(user_profiles, item_profiles, sparse, dense, counts > 0)
@@ -71,7 +63,7 @@ def two_tower_spec(
             model_params,
             training_params,
             side,
-            weighted=weighted_rule(ingestion_params),
+            weighted=weighted_label_rule(ingestion_params),
         )
     except StaleStatisticsError as exc:
         raise ValueError(

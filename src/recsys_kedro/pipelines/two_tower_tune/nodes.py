@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from recsys_kedro.mds import MDSFolder
-from recsys_kedro.pipelines.two_tower.nodes import weighted_rule
+from recsys_kedro.params import weighted_label_rule
 from recsys_kedro.training.run import TrainSettings, train
 from recsys_kedro.training.specs import spec_to_dict
 from recsys_kedro.training.two_tower import two_tower_spec_from_params
@@ -66,7 +66,7 @@ def tune_two_tower(
         })  # fmt: skip
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{exc} ({_HINT})") from exc
-    weighted = weighted_rule(ingestion_params)  # the trials train the model two_tower trains
+    weighted = weighted_label_rule(ingestion_params)  # the trials train the model two_tower trains
     metric = str(tune_params.get("objective", "val_ndcg@10"))
     base_training = dict(training_params)
     if tune_params.get("epochs") is not None:
