@@ -288,10 +288,14 @@ def side_profiles(
     types = {f.name: f.dataType for f in side.schema.fields}
     # A row without an id describes nothing: counted in the report, then left out.
     has_id = F.col("_id").isNotNull() & (F.col("_id") != F.lit(""))
-    without_id = rows.where(~has_id).count()
-    rows = rows.where(has_id)
+    all_rows, rows = rows, rows.where(has_id)
 
-    # One pass over the table: its size, present values per feature, numeric moments.
+    # One pass over the table: its size, the rows without an id, present values per feature,
+    # numeric moments. Every aggregate but the one counting them skips the rows without an id
+    # (an aggregate skips the nulls of a `when` without `otherwise`).
+    def _kept(column: Column) -> Column:
+        return F.when(has_id, column)
+
     present: dict[str, Column] = {}
     values: dict[str, Column] = {}
     for feature in table.features:
@@ -313,16 +317,18 @@ def side_profiles(
             v = values[feature.name]
             pre = _signed_log(v) if feature.transform == "log" else v
             moments += [
-                F.avg(v).alias(f"_mean:{feature.name}"),
-                F.stddev_pop(v).alias(f"_std:{feature.name}"),
-                F.avg(pre).alias(f"_tmean:{feature.name}"),
+                F.avg(_kept(v)).alias(f"_mean:{feature.name}"),
+                F.stddev_pop(_kept(v)).alias(f"_std:{feature.name}"),
+                F.avg(_kept(pre)).alias(f"_tmean:{feature.name}"),
             ]
-    stats = rows.agg(
-        F.count("*").alias("_rows"),
-        F.countDistinct("_id").alias("_ids"),
-        *[F.sum(p.cast("long")).alias(name) for name, p in present.items()],
+    stats = all_rows.agg(
+        F.count(_kept(F.lit(1))).alias("_rows"),
+        F.count(F.when(~has_id, F.lit(1))).alias("_without_id"),
+        F.countDistinct(_kept(F.col("_id"))).alias("_ids"),
+        *[F.sum(_kept(p.cast("long"))).alias(name) for name, p in present.items()],
         *moments,
     ).first()
+    without_id = int(stats["_without_id"])
     if not stats["_rows"]:
         raise SchemaError(
             f"{what} is empty ({without_id} rows without an id): point its catalog entry at "
