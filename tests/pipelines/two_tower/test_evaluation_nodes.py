@@ -50,7 +50,12 @@ def _pairs(rows):
     return pd.DataFrame(rows, columns=["user_idx", "item_idx", "label"])
 
 
-def test_a_perfect_model_beats_popularity():
+def _spark(spark, *frames):
+    """The splits as the node gets them (Spark frames)."""
+    return [spark.createDataFrame(f) for f in frames]
+
+
+def test_a_perfect_model_beats_popularity(spark):
     # 2 users, 4 items; user 0 likes item 3, user 1 likes item 2; items 0/1 are popular.
     users = _frame("user_idx", [[1, 0], [0, 1]])
     items = _frame("item_idx", [[0.1, 0.1], [0.2, 0.2], [-1, 1], [1, -1]])
@@ -67,8 +72,9 @@ def test_a_perfect_model_beats_popularity():
     }
     summary = {"train_samples_per_s": 123.0, "epochs": 1, "world_size": 2}
     metrics, mlflow_metrics, tags, figure = evaluate_retrieval(
-        users, items, train, validation, test, popularity, stats, summary, ALS_OFF, PARAMS
-    )
+        users, items, *_spark(spark, train, validation, test), popularity, stats, summary,
+        ALS_OFF, PARAMS,
+    )  # fmt: skip
     assert metrics["recall@1"] == 1.0 and metrics["ndcg@1"] == 1.0
     # Popularity: items 2 and 3 tie at 0 after masking seen items; the lower index (2) wins,
     # a hit for user 1 only.
@@ -91,7 +97,7 @@ def test_a_perfect_model_beats_popularity():
     assert [len(ax.get_lines()) for ax in figure.axes] == [2, 2]
 
 
-def test_implicit_data_has_ranking_metrics_and_no_auc():
+def test_implicit_data_has_ranking_metrics_and_no_auc(spark):
     """Every interaction of an implicit log is a positive: AUC is undefined, and left out."""
     users = _frame("user_idx", [[1, 0], [0, 1]])
     items = _frame("item_idx", [[0.1, 0.1], [0.2, 0.2], [-1, 1], [1, -1]])
@@ -104,8 +110,8 @@ def test_implicit_data_has_ranking_metrics_and_no_auc():
     }
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 2}
     metrics, mlflow_metrics, _, _ = evaluate_retrieval(
-        users, items, _pairs([(0, 0, 1), (1, 1, 1)]), _pairs([(0, 1, 1)]), test, popularity,
-        stats, summary, ALS_OFF, PARAMS,
+        users, items, *_spark(spark, _pairs([(0, 0, 1), (1, 1, 1)]), _pairs([(0, 1, 1)]), test),
+        popularity, stats, summary, ALS_OFF, PARAMS,
     )  # fmt: skip
     assert "test_auc" not in metrics and "test_test_auc" not in mlflow_metrics
     assert metrics["recall@1"] == 1.0
@@ -224,7 +230,7 @@ def test_als_baseline_is_tuned_on_validation_and_scored_on_test(als_run):
     assert als["test"]["n_eval_users"] == 16 and als["search_s"] > 0
 
 
-def test_evaluate_retrieval_reports_the_als_baseline(als_run):
+def test_evaluate_retrieval_reports_the_als_baseline(als_run, spark):
     als, (train, validation, test, stats) = als_run
     rng = np.random.default_rng(0)
     users = _frame("user_idx", rng.normal(size=(16, 3)))
@@ -233,7 +239,8 @@ def test_evaluate_retrieval_reports_the_als_baseline(als_run):
     test = pd.concat([test, negative], ignore_index=True)
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 1}
     popularity = _popularity(train, 12)
-    inputs = (users, items, train, validation, test, popularity, stats, summary)
+    splits = _spark(spark, train, validation, test)
+    inputs = (users, items, *splits, popularity, stats, summary)
     metrics, mlflow_metrics, tags, figure = evaluate_retrieval(*inputs, als, ALS_PARAMS)
     for k in ALS_PARAMS["ks"]:
         for name in ("recall", "ndcg"):
@@ -258,7 +265,7 @@ def test_evaluate_retrieval_reports_the_als_baseline(als_run):
         ]
 
 
-def test_a_stale_als_baseline_is_rejected():
+def test_a_stale_als_baseline_is_rejected(spark):
     users = _frame("user_idx", [[1, 0], [0, 1]])
     items = _frame("item_idx", [[1, 0], [0, 1]])
     train, validation = _pairs([(0, 0, 1)]), _pairs([(1, 0, 1)])
@@ -274,7 +281,8 @@ def test_a_stale_als_baseline_is_rejected():
         **{s: {"interactions": 1} for s in ("train", "validation", "test")},
     }
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 1}
-    inputs = (users, items, train, validation, test, _popularity(train, 2), stats, summary)
+    splits = _spark(spark, train, validation, test)
+    inputs = (users, items, *splits, _popularity(train, 2), stats, summary)
     with pytest.raises(ValueError, match="re-run the fit_als_baseline node"):
         evaluate_retrieval(*inputs, als, {**PARAMS, "ks": [1]})
 

@@ -11,7 +11,15 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame as SparkDataFrame
+from pyspark.sql import functions as F
 
+from recsys_kedro.evaluation.distributed import (
+    DotProduct,
+    ItemScores,
+    metric_names,
+    summarise,
+    user_topk_metrics,
+)
 from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.retrieval import (
     auc,
@@ -19,7 +27,6 @@ from recsys_kedro.evaluation.retrieval import (
     embedding_score_fn,
     full_catalogue_topk_metrics,
     paired_intervals,
-    popularity_score_fn,
 )
 from recsys_kedro.models.als import als_search_space, search_als
 from recsys_kedro.models.two_tower import model_from_file
@@ -231,12 +238,67 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
     return out
 
 
+def _test_pairs(
+    train: SparkDataFrame, validation: SparkDataFrame, test: SparkDataFrame, params: dict[str, Any]
+) -> tuple[SparkDataFrame, SparkDataFrame]:
+    """The relevant pairs (positive test pairs) and the excluded ones (training pairs, plus
+    validation pairs if ``exclude_validation_items``), as :func:`_retrieval_inputs` has them,
+    left in Spark."""
+    pair = ["user_idx", "item_idx"]
+    excluded = train.select(*pair)
+    if params.get("exclude_validation_items", True):
+        excluded = excluded.unionByName(validation.select(*pair))
+    return test.where(test["label"] == 1).select(*pair), excluded
+
+
+def _collected(per_user: SparkDataFrame, ks: list[int]) -> dict[str, Any]:
+    """The averages and the per-user values (users sorted) of one scorer, as
+    :func:`full_catalogue_topk_metrics` returns them with ``per_user``: a few numbers per
+    evaluated user reach the driver (for the paired intervals), never a split."""
+    rows = per_user.toPandas().sort_values("user_idx")
+    n_eval = len(rows)
+    if not n_eval:
+        summarise(per_user, ks)  # raises, naming the empty test split
+    names = metric_names(ks)
+    result: dict[str, Any] = {name: float(rows[name].sum() / n_eval) for name in names}
+    result["n_eval_users"] = n_eval
+    result["per_user"] = {
+        "users": rows["user_idx"].to_numpy(np.int64),
+        **{name: rows[name].to_numpy(np.float64) for name in names},
+    }
+    return result
+
+
+def _test_auc(
+    test: SparkDataFrame, vectors: SparkDataFrame, items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and model scores of the labelled test pairs, scored in Spark (two numbers per
+    test pair reach the driver, for the exact AUC)."""
+    scorer = test.sparkSession.sparkContext.broadcast(items)
+
+    def score(batches):
+        for batch in batches:
+            user = np.stack(batch["embedding"].to_numpy()).astype(np.float32)
+            item = scorer.value[batch["item_idx"].to_numpy(np.int64)]
+            yield pd.DataFrame(
+                {
+                    "label": batch["label"].to_numpy(np.int64),
+                    "score": np.einsum("ij,ij->i", user, item),
+                }
+            )
+
+    pairs = test.select("user_idx", "item_idx", F.col("label").cast("long").alias("label"))
+    scored = pairs.join(vectors, "user_idx", "inner").mapInPandas(score, "label long, score float")
+    frame = scored.toPandas()
+    return frame["label"].to_numpy(), frame["score"].to_numpy()
+
+
 def evaluate_retrieval(
     user_embeddings: pd.DataFrame,
     item_embeddings: pd.DataFrame,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    test: pd.DataFrame,
+    train: SparkDataFrame,
+    validation: SparkDataFrame,
+    test: SparkDataFrame,
     item_popularity: pd.DataFrame,
     split_statistics: dict[str, Any],
     training_summary: dict[str, Any],
@@ -248,35 +310,45 @@ def evaluate_retrieval(
     AUC: the model's score ``<user, item>`` on every labelled test pair. Recall@K/NDCG@K:
     for every test user with a positive test item, the top K of the whole catalogue,
     with the user's training items (and validation items, if
-    ``exclude_validation_items``) excluded; relevant = the positive test items. The ALS
-    numbers come from :func:`fit_als_baseline` (same rules); with ALS disabled
-    (``{"enabled": False}``) the ``als_*`` keys are left out.
+    ``exclude_validation_items``) excluded; relevant = the positive test items. The model's
+    and popularity's are computed in Spark, each partition of users on the executors
+    (:mod:`recsys_kedro.evaluation.distributed`, the pinned rules of ``retrieval.py``); the
+    splits stay in Spark. The ALS numbers come from :func:`fit_als_baseline` (same rules);
+    with ALS disabled (``{"enabled": False}``) the ``als_*`` keys are left out.
 
     Returns:
         The metrics dictionary (``two_tower_metrics.json``), its quality numbers for MLflow
         metrics, its counts and settings (users, rows, kept epoch, ALS's chosen point) for
         MLflow tags, and the metric-at-K figure (model vs the baselines).
     """
-    users = embedding_matrix(user_embeddings, "user_idx")
+    embedding_matrix(user_embeddings, "user_idx")  # contiguous indexes, or a clear error
     items = embedding_matrix(item_embeddings, "item_idx")
     n_items = items.shape[0]
-    common = {"n_items": n_items, **_retrieval_inputs(train, validation, test, params)}
-    ks = common["ks"]
-    model_metrics = full_catalogue_topk_metrics(
-        embedding_score_fn(users, items), per_user=True, **common
+    ks = [int(k) for k in params["ks"]]
+    batch_size = int(params.get("batch_size", 1024))
+    relevant, excluded = _test_pairs(train, validation, test, params)
+    vectors = test.sparkSession.createDataFrame(
+        user_embeddings[["user_idx", "embedding"]].assign(
+            embedding=[np.asarray(v, np.float32).tolist() for v in user_embeddings["embedding"]]
+        ),
+        "user_idx long, embedding array<float>",
     )
-    popularity = item_popularity.sort_values("item_idx")["n_positive"].to_numpy()
-    train_positive_items = np.repeat(np.arange(len(popularity)), popularity)
-    baseline = full_catalogue_topk_metrics(
-        popularity_score_fn(train_positive_items, n_items), per_user=True, **common
+    model_metrics = _collected(
+        user_topk_metrics(
+            relevant, excluded, DotProduct(items), n_items, ks,
+            user_vectors=vectors, batch_size=batch_size,
+        ),
+        ks,
+    )  # fmt: skip
+    counts = item_popularity.sort_values("item_idx")["n_positive"].to_numpy(np.float64)
+    baseline = _collected(
+        user_topk_metrics(
+            relevant, excluded, ItemScores(counts), n_items, ks, batch_size=batch_size
+        ),
+        ks,
     )
     als = _als_metrics(als_baseline, ks, int(model_metrics["n_eval_users"]))
-    test_scores = np.einsum(
-        "ij,ij->i",
-        users[test["user_idx"].to_numpy(np.int64)],
-        items[test["item_idx"].to_numpy(np.int64)],
-    )
-    labels = test["label"].to_numpy()
+    labels, test_scores = _test_auc(test, vectors, items)
     metrics: dict[str, Any] = {}
     if 0 < labels.sum() < labels.size:
         metrics["test_auc"] = auc(labels, test_scores)

@@ -31,9 +31,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "user_embeddings",
                     "item_embeddings",
-                    "train_split@pandas",
-                    "validation_split@pandas",
-                    "test_split@pandas",
+                    "train_split@spark",
+                    "validation_split@spark",
+                    "test_split@spark",
                     "item_popularity@pandas",
                     "split_statistics",
                     "training_summary",
