@@ -18,6 +18,7 @@ from recsys_kedro.models.als import (
     fit_als,
     preferences,
     search_als,
+    topk_metrics,
 )
 
 # Two user groups, each liking a disjoint block of items. Group B is larger, so the
@@ -102,12 +103,11 @@ SPACE = [
 ]
 
 
-def test_the_search_keeps_the_best_validation_trial(planted):
+def test_the_search_keeps_the_best_validation_trial(planted, spark):
     train_df, train, held_out = planted
     result = search_als(
         train_df,
-        held_out["user_idx"].to_numpy(),
-        held_out["item_idx"].to_numpy(),
+        spark.createDataFrame(held_out),
         N_USERS,
         N_ITEMS,
         SPACE,
@@ -130,10 +130,34 @@ def test_the_search_keeps_the_best_validation_trial(planted):
         "max_iter": FAST["max_iter"],
     }
     assert result.select_by == f"ndcg@{K}"
-    assert result.user_factors.shape == (N_USERS, result.params["rank"])
-    # the kept factors are the chosen trial's: they reproduce its validation score
-    again = _metrics(embedding_score_fn(result.user_factors, result.item_factors), train, held_out)
-    assert again[f"ndcg@{K}"] == pytest.approx(best[f"ndcg@{K}"])
+    assert result.model.rank == result.params["rank"]
+    # the kept model is the chosen trial's, and the Spark figures that chose it are the
+    # one-process figures of its dense factors (users 20-21 never seen: zero vectors)
+    users, items = factor_matrices(result.model, N_USERS, N_ITEMS)
+    again = _metrics(embedding_score_fn(users, items), train, held_out)
+    assert again[f"ndcg@{K}"] == pytest.approx(best[f"ndcg@{K}"], abs=1e-12)
+    assert again["n_eval_users"] == best["n_eval_users"]
+
+
+def test_a_user_als_never_saw_is_scored_with_zeros_as_in_one_process(planted, fitted, spark):
+    """Users 20 and 21 have no interaction (no factors): every item scores 0 for them, and
+    the lowest item indexes rank first, in Spark as with the dense matrices."""
+    _, train, _ = planted
+    unseen = pd.DataFrame({"user_idx": [20, 20, 21], "item_idx": [0, 17, 1]})
+    held_out = pd.concat([_planted()[1], unseen], ignore_index=True)
+    per_user = topk_metrics(
+        fitted, spark.createDataFrame(held_out), spark.createDataFrame(train), N_ITEMS, [K]
+    ).toPandas()
+    users, items = factor_matrices(fitted, N_USERS, N_ITEMS)
+    reference = full_catalogue_topk_metrics(
+        embedding_score_fn(users, items), N_ITEMS,
+        held_out["user_idx"].to_numpy(), held_out["item_idx"].to_numpy(),
+        train["user_idx"].to_numpy(), train["item_idx"].to_numpy(), ks=[K], per_user=True,
+    )["per_user"]  # fmt: skip
+    per_user = per_user.sort_values("user_idx")
+    np.testing.assert_array_equal(per_user["user_idx"], reference["users"])
+    np.testing.assert_allclose(per_user[f"ndcg@{K}"], reference[f"ndcg@{K}"], atol=1e-12)
+    assert per_user.set_index("user_idx").loc[20, f"recall@{K}"] > 0  # item 0 ranks first
 
 
 def test_a_choice_at_an_end_of_its_range_is_named():
@@ -175,7 +199,7 @@ def test_bad_spaces_are_rejected(space, match):
 
 def test_bad_settings_fail_before_any_fit(planted):
     train_df, _, held_out = planted
-    args = (held_out["user_idx"], held_out["item_idx"], N_USERS, N_ITEMS)
+    args = (held_out, N_USERS, N_ITEMS)
     with pytest.raises(ValueError, match="select_by"):
         search_als(train_df, *args, SPACE, select_by="auc@10")
     with pytest.raises(ValueError, match="signal must be one of"):

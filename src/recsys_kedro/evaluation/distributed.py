@@ -114,7 +114,12 @@ def _pairs(users: np.ndarray, lists: pd.Series) -> tuple[np.ndarray, np.ndarray]
 
 
 def _score_batches(
-    batches: Iterator[pd.DataFrame], scorer: Any, n_items: int, ks: list[int], batch_size: int
+    batches: Iterator[pd.DataFrame],
+    scorer: Any,
+    n_items: int,
+    ks: list[int],
+    batch_size: int,
+    missing_vectors: str,
 ) -> Iterator[pd.DataFrame]:
     names = metric_names(ks)
     for batch in batches:
@@ -124,6 +129,9 @@ def _score_batches(
         users = rows[USER].to_numpy(np.int64)
         vectors = None
         if scorer.needs_vectors:
+            if missing_vectors == "zeros":
+                zero = np.zeros(scorer.items.shape[1], dtype=np.float32)
+                rows[_VECTOR] = [zero if v is None else v for v in rows[_VECTOR]]
             if rows[_VECTOR].isna().any():
                 missing = users[rows[_VECTOR].isna().to_numpy()][:5].tolist()
                 raise ValueError(
@@ -156,6 +164,7 @@ def user_topk_metrics(
     *,
     user_vectors: DataFrame | None = None,
     vector_column: str = "embedding",
+    missing_vectors: str = "error",
     batch_size: int = 1024,
 ) -> DataFrame:
     """Recall@K and NDCG@K of every user with a relevant item, one row per user.
@@ -168,6 +177,9 @@ def user_topk_metrics(
         n_items: catalogue size; item indexes lie in ``[0, n_items)``.
         ks: cut-offs K >= 1.
         user_vectors: ``user_idx, <vector_column>`` (for :class:`DotProduct`).
+        missing_vectors: a user of the test pairs without a vector is an ``"error"``, or
+            scores every item 0 with ``"zeros"`` (ALS for a user it never saw: the ranking
+            then falls back to the lowest item indexes).
         batch_size: users scored at once on an executor (a ``(batch, n_items)`` matrix).
 
     Returns:
@@ -177,6 +189,8 @@ def user_topk_metrics(
     """
     n_items = _check_n_items(n_items)
     ks = _check_ks(ks)
+    if missing_vectors not in ("error", "zeros"):
+        raise ValueError(f"missing_vectors is 'error' or 'zeros', got {missing_vectors!r}")
     if scorer.needs_vectors and user_vectors is None:
         raise ValueError(f"{type(scorer).__name__} scores user vectors: give user_vectors")
     rows = _per_user_rows(relevant, excluded, user_vectors if scorer.needs_vectors else None,
@@ -186,7 +200,10 @@ def user_topk_metrics(
     # floats is 25 MB).
     shipped = rows.sparkSession.sparkContext.broadcast(scorer)
     return rows.mapInPandas(
-        lambda batches: _score_batches(batches, shipped.value, n_items, ks, batch_size), schema
+        lambda batches: _score_batches(
+            batches, shipped.value, n_items, ks, batch_size, missing_vectors
+        ),
+        schema,
     )
 
 

@@ -8,11 +8,12 @@ signal, ``rating``. What ALS learns from is the *signal*:
 * ``positives``: the rows with ``label == 1``, each with preference 1.0;
 * ``ratings``: every rated row, with preference = its rating (the confidence grows with it).
 
-The factors are then exported as dense numpy matrices indexed by ``user_idx`` / ``item_idx``
-(rows of zeros for the ids ALS never saw), so that the ranking is done by
-:func:`recsys_kedro.evaluation.retrieval.full_catalogue_topk_metrics` with
-:func:`~recsys_kedro.evaluation.retrieval.embedding_score_fn`: the same full-catalogue
-rules, exclusions and tie-breaking as every other model of the project.
+A model is scored in Spark (:func:`topk_metrics`): the user factors stay there, the item
+factors are exported as a dense numpy matrix indexed by ``item_idx`` (rows of zeros for the
+items ALS never saw) and shipped to the executors, and the ranking is done by
+:func:`recsys_kedro.evaluation.distributed.user_topk_metrics`: the same full-catalogue rules,
+exclusions and tie-breaking as every other model of the project. A user ALS never saw
+scores every item 0. :func:`factor_matrices` still gives both sides as dense matrices.
 
 Nothing here creates a SparkSession or knows about Kedro: the functions take the caller's
 DataFrames.
@@ -34,7 +35,7 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_kedro.evaluation.retrieval import embedding_score_fn, full_catalogue_topk_metrics
+from recsys_kedro.evaluation.distributed import DotProduct, summarise, user_topk_metrics
 from recsys_kedro.tuning.study import SearchSpace, run_study
 
 __all__ = [
@@ -299,6 +300,52 @@ def factor_matrices(model: ALSModel, n_users: int, n_items: int) -> tuple[np.nda
 # --------------------------------------------------------------------------------------
 
 
+def _check_user_ids(model: ALSModel, n_users: int) -> None:
+    """The model's user ids lie in ``[0, n_users)`` (one aggregate over its factors)."""
+    row = model.userFactors.agg(F.min("id").alias("lo"), F.max("id").alias("hi")).first()
+    if row["lo"] is not None and (row["lo"] < 0 or row["hi"] >= n_users):
+        raise ValueError(
+            f"ALS user ids lie in [{row['lo']}, {row['hi']}], outside [0, n_users={n_users})"
+        )
+
+
+def user_vectors(model: ALSModel) -> DataFrame:
+    """``user_idx, embedding``: the model's user factors, left in Spark (users ALS never saw
+    have no row)."""
+    return model.userFactors.select(
+        F.col("id").cast("long").alias(USER), F.col("features").alias("embedding")
+    )
+
+
+def item_factor_matrix(model: ALSModel, n_items: int) -> np.ndarray:
+    """The dense ``(n_items, rank)`` item factors (zero rows for unseen items): the item side
+    is what every scorer ships to the executors."""
+    return _dense(model.itemFactors, operator.index(n_items), int(model.rank), "item")
+
+
+def topk_metrics(
+    model: ALSModel,
+    relevant: DataFrame,
+    excluded: DataFrame,
+    n_items: int,
+    ks: Sequence[int],
+    batch_size: int = 1024,
+) -> DataFrame:
+    """Per-user Recall@K / NDCG@K of ``model``'s dot product, computed in Spark
+    (:func:`recsys_kedro.evaluation.distributed.user_topk_metrics`); a user ALS never saw
+    scores every item 0."""
+    return user_topk_metrics(
+        relevant,
+        excluded,
+        DotProduct(item_factor_matrix(model, n_items)),
+        n_items,
+        ks,
+        user_vectors=user_vectors(model),
+        missing_vectors="zeros",
+        batch_size=batch_size,
+    )
+
+
 @dataclass
 class ALSSearchResult:
     """What :func:`search_als` found.
@@ -307,30 +354,26 @@ class ALSSearchResult:
         params: the chosen ``{"rank", "reg_param", "alpha", "max_iter"}``.
         table: one row per trial, in trial order: its parameters, the validation
             ``recall@K`` / ``ndcg@K`` for every K, ``n_eval_users`` and ``fit_s`` (seconds
-            to fit and export the factors); a failed trial has its ``error``.
-        user_factors, item_factors: the chosen point's dense factors (see
-            :func:`factor_matrices`).
+            to fit); a failed trial has its ``error``.
+        model: the chosen point's fitted model (its factors stay in Spark).
         select_by: the validation metric that chose ``params`` (higher is better).
         on_boundary: the searched dimensions whose chosen value is at an end of its range.
     """
 
     params: dict[str, Any]
     table: pd.DataFrame
-    user_factors: np.ndarray = field(repr=False)
-    item_factors: np.ndarray = field(repr=False)
+    model: ALSModel = field(repr=False)
     select_by: str = "ndcg@10"
     on_boundary: list[str] = field(default_factory=list)
 
 
-def _train_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    pairs = train.select(F.col(USER).cast("long"), F.col(ITEM).cast("long")).toPandas()
-    return pairs[USER].to_numpy(np.int64), pairs[ITEM].to_numpy(np.int64)
+def _train_pairs(train: DataFrame) -> DataFrame:
+    return train.select(F.col(USER).cast("long"), F.col(ITEM).cast("long"))
 
 
 def search_als(
     train: DataFrame,
-    validation_users: np.ndarray,
-    validation_items: np.ndarray,
+    validation: DataFrame,
     n_users: int,
     n_items: int,
     space: SearchSpace | Sequence[Mapping[str, Any]] | Mapping[str, Any],
@@ -342,23 +385,22 @@ def search_als(
     seed: int = 42,
     select_by: str = "ndcg@10",
     ks: Sequence[int] = (),
-    exclude_users: np.ndarray | None = None,
-    exclude_items: np.ndarray | None = None,
+    excluded: DataFrame | None = None,
     num_blocks: int | None = None,
     batch_size: int = 1024,
 ) -> ALSSearchResult:
     """A seeded TPE study (:func:`recsys_kedro.tuning.study.run_study`, the method and
     budget of the two-tower's search) over ``space``: each trial fits ALS on ``train`` and
-    is scored on the validation pairs; the best trial's factors are kept.
+    is scored on the validation pairs; the best trial's model is kept.
 
-    Each trial is scored by :func:`full_catalogue_topk_metrics` with the dot product of its
-    factors: relevant = the ``(validation_users, validation_items)`` pairs, excluded = the
-    users' training pairs (every row of ``train``, whatever its label) unless
-    ``exclude_users`` / ``exclude_items`` are given. ``ks`` are reported in the table
-    besides the K of ``select_by``; ``max_iter`` is used where the space does not search
-    it. The input preferences are cached for the search and released afterwards; only the
-    best trial's factors are kept in memory. A best point at an end of a searched range is
-    logged (widen it) and listed in ``on_boundary``.
+    Each trial is scored in Spark by :func:`topk_metrics` (the pinned rules of
+    :func:`full_catalogue_topk_metrics`) with the dot product of its factors: relevant = the
+    ``validation`` pairs (``user_idx, item_idx``), excluded = the users' training pairs
+    (every row of ``train``, whatever its label) unless ``excluded`` is given. ``ks`` are
+    reported in the table besides the K of ``select_by``; ``max_iter`` is used where the
+    space does not search it; ``n_users`` bounds the user ids. The input preferences are
+    cached for the search and released afterwards. A best point at an end of a searched
+    range is logged (widen it) and listed in ``on_boundary``.
 
     Raises:
         ValueError: on a bad space, signal, ``select_by`` or ``max_iter``, when the signal
@@ -369,12 +411,10 @@ def search_als(
     select_by, select_k = _parse_select_by(select_by)
     _check_fit_args(max_iter, num_blocks)
     eval_ks = list(dict.fromkeys([*(int(k) for k in ks), select_k]))
-    if (exclude_users is None) != (exclude_items is None):
-        raise ValueError("give both exclude_users and exclude_items, or neither")
     iterations = space.dimensions.get("max_iter", {"high": max_iter})
     _check_lineage(train, int(max(iterations.get("choices") or [iterations["high"]])))
-    if exclude_users is None:
-        exclude_users, exclude_items = _train_pairs(train)
+    if excluded is None:
+        excluded = _train_pairs(train)
 
     prefs = preferences(train, signal).cache()
     rows: list[dict[str, Any]] = []
@@ -385,21 +425,14 @@ def search_als(
         point = {k: int(v) if k in _INT_DIMENSIONS else float(v) for k, v in point.items()}
         start = time.perf_counter()
         model = _fit(prefs, seed=seed, num_blocks=num_blocks, **point)
-        users, items = factor_matrices(model, n_users, n_items)
         fit_s = time.perf_counter() - start
-        metrics = full_catalogue_topk_metrics(
-            embedding_score_fn(users, items),
-            n_items=n_items,
-            test_users=validation_users,
-            test_items=validation_items,
-            exclude_users=exclude_users,
-            exclude_items=exclude_items,
-            ks=eval_ks,
-            batch_size=batch_size,
+        _check_user_ids(model, n_users)
+        metrics = summarise(
+            topk_metrics(model, validation, excluded, n_items, eval_ks, batch_size), eval_ks
         )
         rows.append({**point, **metrics, "fit_s": fit_s})
         if not best or metrics[select_by] > best["value"]:
-            best.update(value=metrics[select_by], point=point, users=users, items=items)
+            best.update(value=metrics[select_by], point=point, model=model)
         return {k: float(v) for k, v in metrics.items()}
 
     try:
@@ -413,8 +446,7 @@ def search_als(
     return ALSSearchResult(
         params=dict(best["point"]),
         table=pd.DataFrame(rows),
-        user_factors=best["users"],
-        item_factors=best["items"],
+        model=best["model"],
         select_by=select_by,
         on_boundary=hits,
     )

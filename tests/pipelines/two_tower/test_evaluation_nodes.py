@@ -210,7 +210,8 @@ def test_als_settings_errors_name_the_parameters_file():
 @pytest.fixture(scope="module")
 def als_run(spark):
     train, validation, test, stats = _planted_splits()
-    als = fit_als_baseline(spark.createDataFrame(train), validation, test, stats, ALS_PARAMS)
+    splits = _spark(spark, train, validation, test)
+    als = fit_als_baseline(*splits, stats, ALS_PARAMS)
     return als, (train, validation, test, stats)
 
 

@@ -24,11 +24,9 @@ from recsys_kedro.evaluation.plots import metrics_at_k_figure
 from recsys_kedro.evaluation.retrieval import (
     auc,
     embedding_matrix,
-    embedding_score_fn,
-    full_catalogue_topk_metrics,
     paired_intervals,
 )
-from recsys_kedro.models.als import als_search_space, search_als
+from recsys_kedro.models.als import als_search_space, search_als, topk_metrics
 from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
@@ -63,32 +61,6 @@ def embed_users_and_items(
     return out[0], out[1]
 
 
-def _retrieval_inputs(
-    train_pairs: pd.DataFrame,
-    validation: pd.DataFrame,
-    test: pd.DataFrame,
-    params: dict[str, Any],
-) -> dict[str, Any]:
-    """The arguments every scorer is evaluated with (model, popularity, ALS): one place.
-
-    Relevant = the positive test pairs; excluded = the users' training pairs, plus their
-    validation pairs if ``exclude_validation_items`` (seen before the test period).
-    """
-    seen = [train_pairs[["user_idx", "item_idx"]]]
-    if params.get("exclude_validation_items", True):
-        seen.append(validation[["user_idx", "item_idx"]])
-    seen_pairs = pd.concat(seen, ignore_index=True)
-    positives = test[test["label"] == 1]
-    return {
-        "test_users": positives["user_idx"].to_numpy(np.int64),
-        "test_items": positives["item_idx"].to_numpy(np.int64),
-        "exclude_users": seen_pairs["user_idx"].to_numpy(np.int64),
-        "exclude_items": seen_pairs["item_idx"].to_numpy(np.int64),
-        "ks": [int(k) for k in params["ks"]],
-        "batch_size": int(params.get("batch_size", 1024)),
-    }
-
-
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python numbers, so the result is JSON-serialisable."""
     return value.item() if isinstance(value, np.generic) else value
@@ -96,8 +68,8 @@ def _plain(value: Any) -> Any:
 
 def fit_als_baseline(
     train: SparkDataFrame,
-    validation: pd.DataFrame,
-    test: pd.DataFrame,
+    validation: SparkDataFrame,
+    test: SparkDataFrame,
     split_statistics: dict[str, Any],
     params: dict[str, Any],
 ) -> dict[str, Any]:
@@ -147,34 +119,30 @@ def fit_als_baseline(
         raise ValueError(f"{exc} ({_ALS_HINT})") from exc
     n_users = int(split_statistics["n_users"])
     n_items = int(split_statistics["n_items"])
-    train_pairs = train.select("user_idx", "item_idx").toPandas()
-    common = _retrieval_inputs(train_pairs, validation, test, params)
-    val_positives = validation[validation["label"] == 1]
+    ks = [int(k) for k in params["ks"]]
+    batch_size = int(params.get("batch_size", 1024))
+    relevant, excluded = _test_pairs(train, validation, test, params)
+    val_positives = validation.where(validation["label"] == 1).select("user_idx", "item_idx")
     start = time.perf_counter()
     try:
         search = search_als(
             train,
-            val_positives["user_idx"].to_numpy(np.int64),
-            val_positives["item_idx"].to_numpy(np.int64),
+            val_positives,
             n_users,
             n_items,
             space,
             n_trials=n_trials,
             study_seed=study_seed,
-            ks=common["ks"],
-            exclude_users=train_pairs["user_idx"].to_numpy(np.int64),
-            exclude_items=train_pairs["item_idx"].to_numpy(np.int64),
-            batch_size=common["batch_size"],
+            ks=ks,
+            excluded=train.select("user_idx", "item_idx"),
+            batch_size=batch_size,
             **settings,
         )
     except ValueError as exc:
         raise ValueError(f"{exc} ({_ALS_HINT})") from exc
     search_s = time.perf_counter() - start
-    test_metrics = full_catalogue_topk_metrics(
-        embedding_score_fn(search.user_factors, search.item_factors),
-        n_items=n_items,
-        per_user=True,
-        **common,
+    test_metrics = _collected(
+        topk_metrics(search.model, relevant, excluded, n_items, ks, batch_size), ks
     )
     per_user = test_metrics.pop("per_user")  # for the report's paired intervals
     logger.info(
@@ -188,8 +156,8 @@ def fit_als_baseline(
         search.params["max_iter"],
         settings["select_by"],
         search.table[settings["select_by"]].max(),
-        common["ks"][0],
-        test_metrics[f"ndcg@{common['ks'][0]}"],
+        ks[0],
+        test_metrics[f"ndcg@{ks[0]}"],
     )
     return {
         "enabled": True,
@@ -241,9 +209,9 @@ def _als_metrics(als_baseline: dict[str, Any], ks: list[int], n_eval_users: int)
 def _test_pairs(
     train: SparkDataFrame, validation: SparkDataFrame, test: SparkDataFrame, params: dict[str, Any]
 ) -> tuple[SparkDataFrame, SparkDataFrame]:
-    """The relevant pairs (positive test pairs) and the excluded ones (training pairs, plus
-    validation pairs if ``exclude_validation_items``), as :func:`_retrieval_inputs` has them,
-    left in Spark."""
+    """The relevant pairs (the positive test pairs) and the excluded ones (the users'
+    training pairs, plus their validation pairs if ``exclude_validation_items``: seen before
+    the test period), left in Spark."""
     pair = ["user_idx", "item_idx"]
     excluded = train.select(*pair)
     if params.get("exclude_validation_items", True):

@@ -18,8 +18,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 fit_als_baseline,
                 inputs=[
                     "train_split@spark",
-                    "validation_split@pandas",
-                    "test_split@pandas",
+                    "validation_split@spark",
+                    "test_split@spark",
                     "split_statistics",
                     "params:evaluation",
                 ],
