@@ -11,7 +11,9 @@ import pytest
 from recsys_kedro.evaluation.distributed import (
     DotProduct,
     ItemScores,
+    collect_per_user,
     metric_names,
+    pair_scores,
     summarise,
     user_topk_metrics,
 )
@@ -91,6 +93,21 @@ def test_ml100k_spark_metrics_equal_the_one_process_metrics(spark, ml100k):
     ).cache()
     driver = _driver(embedding_score_fn(users, items), n_items, positives, excluded)
     _assert_equal(per_user.toPandas(), summarise(per_user, KS), driver)
+    collected = collect_per_user(per_user, KS)  # what a node reports, with its intervals
+    for name in metric_names(KS):
+        assert abs(collected[name] - driver[name]) <= 1e-9, name
+        np.testing.assert_allclose(
+            collected["per_user"][name], driver["per_user"][name], atol=1e-12
+        )
+    np.testing.assert_array_equal(collected["per_user"]["users"], driver["per_user"]["users"])
+
+    # the AUC's inputs: every labelled pair's score, as the driver's dot product gives it
+    labelled = frame.assign(label=(frame["rating"] >= 4).astype(int))
+    scored = pair_scores(spark.createDataFrame(labelled[["user_idx", "item_idx", "label"]]),
+                         vectors, items).toPandas()  # fmt: skip
+    expected = np.einsum("ij,ij->i", users[labelled["user_idx"]], items[labelled["item_idx"]])
+    pairs = sorted(zip(labelled["label"], expected, strict=True))
+    assert sorted(zip(scored["label"], scored["score"], strict=True)) == pairs
 
     train_items = excluded["item_idx"].to_numpy()
     counts = np.bincount(train_items, minlength=n_items).astype(np.float64)

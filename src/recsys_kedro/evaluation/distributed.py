@@ -38,7 +38,15 @@ from recsys_kedro.evaluation.retrieval import (
     full_catalogue_topk_metrics,
 )
 
-__all__ = ["DotProduct", "ItemScores", "metric_names", "summarise", "user_topk_metrics"]
+__all__ = [
+    "DotProduct",
+    "ItemScores",
+    "collect_per_user",
+    "metric_names",
+    "pair_scores",
+    "summarise",
+    "user_topk_metrics",
+]
 
 USER, ITEM = "user_idx", "item_idx"
 _RELEVANT, _EXCLUDED, _VECTOR = "_relevant", "_excluded", "_vector"
@@ -225,3 +233,56 @@ def summarise(per_user: DataFrame, ks: Sequence[int]) -> dict[str, Any]:
             "lower the label threshold)."
         )
     return {**{name: float(row[name]) for name in names}, "n_eval_users": int(row["n_eval_users"])}
+
+
+def collect_per_user(per_user: DataFrame, ks: Sequence[int]) -> dict[str, Any]:
+    """:func:`user_topk_metrics`'s rows brought to the driver in the form
+    :func:`full_catalogue_topk_metrics` returns with ``per_user=True``: the averages,
+    ``n_eval_users`` and ``per_user`` (``users`` sorted, one array per metric), for paired
+    intervals. A few numbers per evaluated user, never the pairs.
+
+    Raises:
+        ValueError: no user could be evaluated (as :func:`summarise`).
+    """
+    names = metric_names(ks)
+    rows = per_user.toPandas().sort_values(USER)
+    if rows.empty:
+        summarise(per_user, ks)  # raises, naming the empty test split
+    result: dict[str, Any] = {name: float(rows[name].sum() / len(rows)) for name in names}
+    result["n_eval_users"] = len(rows)
+    result["per_user"] = {
+        "users": rows[USER].to_numpy(np.int64),
+        **{name: rows[name].to_numpy(np.float64) for name in names},
+    }
+    return result
+
+
+def pair_scores(
+    pairs: DataFrame, user_vectors: DataFrame, items: np.ndarray, vector_column: str = "embedding"
+) -> DataFrame:
+    """``label, score``: the dot product ``<user vector, items[item]>`` of every labelled
+    pair (``user_idx, item_idx, label``) whose user has a vector, scored on the executors
+    (``items`` broadcast), in float32 like the model's own scores."""
+    shipped = pairs.sparkSession.sparkContext.broadcast(np.asarray(items, dtype=np.float32))
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            users = np.stack(batch[_VECTOR].to_numpy()).astype(np.float32)
+            rows = shipped.value[batch[ITEM].to_numpy(np.int64)]
+            yield pd.DataFrame(
+                {
+                    "label": batch["label"].to_numpy(np.int64),
+                    "score": np.einsum("ij,ij->i", users, rows),
+                }
+            )
+
+    vectors = user_vectors.select(
+        F.col(USER).cast("long").alias(USER),
+        F.col(vector_column).cast("array<float>").alias(_VECTOR),
+    )
+    labelled = pairs.select(
+        F.col(USER).cast("long").alias(USER),
+        F.col(ITEM).cast("long").alias(ITEM),
+        F.col("label").cast("long").alias("label"),
+    )
+    return labelled.join(vectors, USER, "inner").mapInPandas(score, "label long, score float")

@@ -11,13 +11,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame as SparkDataFrame
-from pyspark.sql import functions as F
 
 from recsys_kedro.evaluation.distributed import (
     DotProduct,
     ItemScores,
-    metric_names,
-    summarise,
+    collect_per_user,
+    pair_scores,
     user_topk_metrics,
 )
 from recsys_kedro.evaluation.plots import metrics_at_k_figure
@@ -141,7 +140,7 @@ def fit_als_baseline(
     except ValueError as exc:
         raise ValueError(f"{exc} ({_ALS_HINT})") from exc
     search_s = time.perf_counter() - start
-    test_metrics = _collected(
+    test_metrics = collect_per_user(
         topk_metrics(search.model, relevant, excluded, n_items, ks, batch_size), ks
     )
     per_user = test_metrics.pop("per_user")  # for the report's paired intervals
@@ -219,48 +218,6 @@ def _test_pairs(
     return test.where(test["label"] == 1).select(*pair), excluded
 
 
-def _collected(per_user: SparkDataFrame, ks: list[int]) -> dict[str, Any]:
-    """The averages and the per-user values (users sorted) of one scorer, as
-    :func:`full_catalogue_topk_metrics` returns them with ``per_user``: a few numbers per
-    evaluated user reach the driver (for the paired intervals), never a split."""
-    rows = per_user.toPandas().sort_values("user_idx")
-    n_eval = len(rows)
-    if not n_eval:
-        summarise(per_user, ks)  # raises, naming the empty test split
-    names = metric_names(ks)
-    result: dict[str, Any] = {name: float(rows[name].sum() / n_eval) for name in names}
-    result["n_eval_users"] = n_eval
-    result["per_user"] = {
-        "users": rows["user_idx"].to_numpy(np.int64),
-        **{name: rows[name].to_numpy(np.float64) for name in names},
-    }
-    return result
-
-
-def _test_auc(
-    test: SparkDataFrame, vectors: SparkDataFrame, items: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and model scores of the labelled test pairs, scored in Spark (two numbers per
-    test pair reach the driver, for the exact AUC)."""
-    scorer = test.sparkSession.sparkContext.broadcast(items)
-
-    def score(batches):
-        for batch in batches:
-            user = np.stack(batch["embedding"].to_numpy()).astype(np.float32)
-            item = scorer.value[batch["item_idx"].to_numpy(np.int64)]
-            yield pd.DataFrame(
-                {
-                    "label": batch["label"].to_numpy(np.int64),
-                    "score": np.einsum("ij,ij->i", user, item),
-                }
-            )
-
-    pairs = test.select("user_idx", "item_idx", F.col("label").cast("long").alias("label"))
-    scored = pairs.join(vectors, "user_idx", "inner").mapInPandas(score, "label long, score float")
-    frame = scored.toPandas()
-    return frame["label"].to_numpy(), frame["score"].to_numpy()
-
-
 def evaluate_retrieval(
     user_embeddings: pd.DataFrame,
     item_embeddings: pd.DataFrame,
@@ -301,7 +258,7 @@ def evaluate_retrieval(
         ),
         "user_idx long, embedding array<float>",
     )
-    model_metrics = _collected(
+    model_metrics = collect_per_user(
         user_topk_metrics(
             relevant, excluded, DotProduct(items), n_items, ks,
             user_vectors=vectors, batch_size=batch_size,
@@ -309,14 +266,15 @@ def evaluate_retrieval(
         ks,
     )  # fmt: skip
     counts = item_popularity.sort_values("item_idx")["n_positive"].to_numpy(np.float64)
-    baseline = _collected(
+    baseline = collect_per_user(
         user_topk_metrics(
             relevant, excluded, ItemScores(counts), n_items, ks, batch_size=batch_size
         ),
         ks,
     )
     als = _als_metrics(als_baseline, ks, int(model_metrics["n_eval_users"]))
-    labels, test_scores = _test_auc(test, vectors, items)
+    scored = pair_scores(test, vectors, items).toPandas()  # a label and a score per pair
+    labels, test_scores = scored["label"].to_numpy(), scored["score"].to_numpy()
     metrics: dict[str, Any] = {}
     if 0 < labels.sum() < labels.size:
         metrics["test_auc"] = auc(labels, test_scores)
