@@ -27,13 +27,18 @@ PARAMS = {"ks": [1, 2, 5], "exclude_validation_items": True, "batch_size": 2}
 ALS_OFF = {"enabled": False}
 
 
-def test_embed_users_and_items_follows_the_index_and_the_model():
+def test_embed_users_and_items_follows_the_index_and_the_model(spark):
     config = TwoTowerConfig(num_users=3, num_items=4, embedding_dim=4, layer_sizes=(8, 2))
     torch.manual_seed(0)
     model = build_two_tower(config)
     users = pd.DataFrame({"user_id": ["c", "a", "b"], "user_idx": [2, 0, 1]})
     items = pd.DataFrame({"item_id": list("wxyz"), "item_idx": [0, 1, 2, 3]})
-    u, i = embed_users_and_items(make_model_file(config, model.state_dict()), users, items)
+    u, i = embed_users_and_items(
+        make_model_file(config, model.state_dict()),
+        spark.createDataFrame(users).repartition(2),
+        items,
+    )
+    u = u.toPandas().sort_values("user_idx")  # encoded on the executors
     assert u["user_idx"].tolist() == [0, 1, 2] and u["user_id"].tolist() == ["a", "b", "c"]
     expected = model.eval().encode_users(torch.tensor([0, 1, 2])).numpy()
     np.testing.assert_allclose(np.stack(u["embedding"]), expected, rtol=1e-6)
@@ -50,8 +55,15 @@ def _pairs(rows):
     return pd.DataFrame(rows, columns=["user_idx", "item_idx", "label"])
 
 
+def _users(spark, frame):
+    """User embeddings as the node gets them: a Spark frame of ``user_idx, embedding``."""
+    pairs = zip(frame["user_idx"], frame["embedding"], strict=True)
+    rows = [(int(u), [float(x) for x in v]) for u, v in pairs]
+    return spark.createDataFrame(rows, "user_idx long, embedding array<float>")
+
+
 def _spark(spark, *frames):
-    """The splits as the node gets them (Spark frames)."""
+    """The splits (and the user embeddings) as the node gets them: Spark frames."""
     return [spark.createDataFrame(f) for f in frames]
 
 
@@ -72,7 +84,8 @@ def test_a_perfect_model_beats_popularity(spark):
     }
     summary = {"train_samples_per_s": 123.0, "epochs": 1, "world_size": 2}
     metrics, mlflow_metrics, tags, figure = evaluate_retrieval(
-        users, items, *_spark(spark, train, validation, test), popularity, stats, summary,
+        _users(spark, users), items, *_spark(spark, train, validation, test), popularity, stats,
+        summary,
         ALS_OFF, PARAMS,
     )  # fmt: skip
     assert metrics["recall@1"] == 1.0 and metrics["ndcg@1"] == 1.0
@@ -110,7 +123,8 @@ def test_implicit_data_has_ranking_metrics_and_no_auc(spark):
     }
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 2}
     metrics, mlflow_metrics, _, _ = evaluate_retrieval(
-        users, items, *_spark(spark, _pairs([(0, 0, 1), (1, 1, 1)]), _pairs([(0, 1, 1)]), test),
+        _users(spark, users), items,
+        *_spark(spark, _pairs([(0, 0, 1), (1, 1, 1)]), _pairs([(0, 1, 1)]), test),
         popularity, stats, summary, ALS_OFF, PARAMS,
     )  # fmt: skip
     assert "test_auc" not in metrics and "test_test_auc" not in mlflow_metrics
@@ -241,7 +255,7 @@ def test_evaluate_retrieval_reports_the_als_baseline(als_run, spark):
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 1}
     popularity = _popularity(train, 12)
     splits = _spark(spark, train, validation, test)
-    inputs = (users, items, *splits, popularity, stats, summary)
+    inputs = (_users(spark, users), items, *splits, popularity, stats, summary)
     metrics, mlflow_metrics, tags, figure = evaluate_retrieval(*inputs, als, ALS_PARAMS)
     for k in ALS_PARAMS["ks"]:
         for name in ("recall", "ndcg"):
@@ -283,7 +297,7 @@ def test_a_stale_als_baseline_is_rejected(spark):
     }
     summary = {"train_samples_per_s": 1.0, "epochs": 1, "world_size": 1}
     splits = _spark(spark, train, validation, test)
-    inputs = (users, items, *splits, _popularity(train, 2), stats, summary)
+    inputs = (_users(spark, users), items, *splits, _popularity(train, 2), stats, summary)
     with pytest.raises(ValueError, match="re-run the fit_als_baseline node"):
         evaluate_retrieval(*inputs, als, {**PARAMS, "ks": [1]})
 

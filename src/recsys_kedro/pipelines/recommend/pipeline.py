@@ -216,7 +216,7 @@ def _create_pipeline() -> Pipeline:
             node(
                 retrieve_candidates,
                 inputs=[
-                    f"{TT}.user_embeddings",
+                    f"{TT}.user_embeddings@pandas",
                     f"{TT}.item_embeddings",
                     "retrieval_index",
                     f"{TT}.train_split@pandas",
@@ -230,7 +230,7 @@ def _create_pipeline() -> Pipeline:
             node(
                 rated_pair_rows,
                 inputs=[
-                    f"{TT}.user_embeddings",
+                    f"{TT}.user_embeddings@pandas",
                     f"{TT}.item_embeddings",
                     f"{TT}.train_split@pandas",
                     f"{TT}.validation_split@pandas",
@@ -324,7 +324,7 @@ def _create_pipeline() -> Pipeline:
             node(
                 package_recommender,
                 inputs=[
-                    f"{TT}.user_embeddings",
+                    f"{TT}.user_embeddings@pandas",
                     f"{TT}.item_embeddings",
                     "retrieval_index",
                     "model",
@@ -364,7 +364,7 @@ def _create_pipeline() -> Pipeline:
         namespace=NAMESPACE,
         inputs={
             f"{TT}.item_embeddings",
-            f"{TT}.user_embeddings",
+            f"{TT}.user_embeddings@pandas",
             f"{TT}.train_split@pandas",
             f"{TT}.validation_split@pandas",
             f"{TT}.test_split@pandas",

@@ -26,6 +26,7 @@ from recsys_kedro.evaluation.retrieval import (
     paired_intervals,
 )
 from recsys_kedro.models.als import als_search_space, search_als, topk_metrics
+from recsys_kedro.models.spark_encode import tower_embeddings
 from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
@@ -38,26 +39,25 @@ _ALS_SEARCH_KEYS = {"n_trials", "seed", "space"}
 
 
 def embed_users_and_items(
-    model_checkpoint: dict[str, Any], user_index: pd.DataFrame, item_index: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    model_checkpoint: dict[str, Any], user_index: SparkDataFrame, item_index: pd.DataFrame
+) -> tuple[SparkDataFrame, pd.DataFrame]:
     """Query embeddings of every indexed user and candidate embeddings of every item.
 
+    The users' are computed in Spark (the model broadcast, each partition of users encoded on
+    the executors: they never pass through the driver, however many there are); the items'
+    in this process, where the vector index is built from them.
+
     Returns:
-        ``user_idx, user_id, embedding`` and ``item_idx, item_id, embedding`` (one float32
-        vector per row), in index order: what a vector index or a serving job loads.
+        ``user_idx, user_id, embedding`` (Spark) and ``item_idx, item_id, embedding`` (in
+        index order), one float32 vector per row: what a vector index or a serving job loads.
     """
+    users = tower_embeddings(user_index, model_checkpoint, "user")
     model = model_from_file(model_checkpoint)
-    out = []
-    for index, idx_col, encode in (
-        (user_index, "user_idx", model.encode_users),
-        (item_index, "item_idx", model.encode_items),
-    ):
-        frame = index.sort_values(idx_col).reset_index(drop=True)
-        ids = torch.as_tensor(frame[idx_col].to_numpy(dtype=np.int64))
-        vectors = torch.cat([encode(chunk) for chunk in ids.split(65536)]).numpy()
-        frame["embedding"] = list(vectors.astype(np.float32))
-        out.append(frame)
-    return out[0], out[1]
+    items = item_index.sort_values("item_idx").reset_index(drop=True)
+    ids = torch.as_tensor(items["item_idx"].to_numpy(dtype=np.int64))
+    vectors = torch.cat([model.encode_items(chunk) for chunk in ids.split(65536)]).numpy()
+    items["embedding"] = list(vectors.astype(np.float32))
+    return users, items
 
 
 def _plain(value: Any) -> Any:
@@ -219,7 +219,7 @@ def _test_pairs(
 
 
 def evaluate_retrieval(
-    user_embeddings: pd.DataFrame,
+    user_embeddings: SparkDataFrame,
     item_embeddings: pd.DataFrame,
     train: SparkDataFrame,
     validation: SparkDataFrame,
@@ -246,18 +246,12 @@ def evaluate_retrieval(
         metrics, its counts and settings (users, rows, kept epoch, ALS's chosen point) for
         MLflow tags, and the metric-at-K figure (model vs the baselines).
     """
-    embedding_matrix(user_embeddings, "user_idx")  # contiguous indexes, or a clear error
     items = embedding_matrix(item_embeddings, "item_idx")
     n_items = items.shape[0]
     ks = [int(k) for k in params["ks"]]
     batch_size = int(params.get("batch_size", 1024))
     relevant, excluded = _test_pairs(train, validation, test, params)
-    vectors = test.sparkSession.createDataFrame(
-        user_embeddings[["user_idx", "embedding"]].assign(
-            embedding=[np.asarray(v, np.float32).tolist() for v in user_embeddings["embedding"]]
-        ),
-        "user_idx long, embedding array<float>",
-    )
+    vectors = user_embeddings
     model_metrics = collect_per_user(
         user_topk_metrics(
             relevant, excluded, DotProduct(items), n_items, ks,

@@ -10,8 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 embed_users_and_items,
-                inputs=["model", "user_index@pandas", "item_index@pandas"],
-                outputs=["user_embeddings", "item_embeddings"],
+                inputs=["model", "user_index@spark", "item_index@pandas"],
+                outputs=["user_embeddings@spark", "item_embeddings"],
                 name="embed_users_and_items",
             ),
             node(
@@ -29,7 +29,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 evaluate_retrieval,
                 inputs=[
-                    "user_embeddings",
+                    "user_embeddings@spark",
                     "item_embeddings",
                     "train_split@spark",
                     "validation_split@spark",
