@@ -84,8 +84,8 @@ def test_ml100k_spark_metrics_equal_the_one_process_metrics(spark, ml100k):
     items = rng.normal(size=(n_items, 16)).astype(np.float32)
     relevant = spark.createDataFrame(positives).repartition(3)
     masked = spark.createDataFrame(excluded).repartition(4)
-    vectors = spark.createDataFrame(
-        pd.DataFrame({"user_idx": np.arange(n_users), "embedding": list(users)})
+    vectors = spark.createDataFrame(  # plain lists: whatever the session's Arrow setting
+        [(u, users[u].tolist()) for u in range(n_users)], "user_idx long, embedding array<float>"
     )
 
     per_user = user_topk_metrics(
