@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -36,6 +35,7 @@ from recsys_kedro.evaluation.retrieval import (
     _check_n_items,
     embedding_score_fn,
     full_catalogue_topk_metrics,
+    item_score_fn,
 )
 
 __all__ = [
@@ -67,9 +67,7 @@ class ItemScores:
     needs_vectors = False
 
     def score_fn(self, users: np.ndarray, vectors: np.ndarray | None) -> ScoreFn:
-        counts = torch.as_tensor(np.asarray(self.scores, dtype=np.float64))
-        n_items = counts.shape[0]
-        return lambda chunk: counts.unsqueeze(0).expand(len(chunk), n_items)
+        return item_score_fn(self.scores)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ __all__ = [
     "embedding_matrix",
     "embedding_score_fn",
     "full_catalogue_topk_metrics",
+    "item_score_fn",
     "paired_bootstrap_interval",
     "paired_intervals",
     "popularity_score_fn",
@@ -461,10 +462,17 @@ def popularity_score_fn(
             f"train_items must lie in [0, n_items={n_items}), got values in "
             f"[{items.min()}, {items.max()}]"
         )
-    counts = torch.as_tensor(np.bincount(items, minlength=n_items).astype(np.float64))
+    return item_score_fn(np.bincount(items, minlength=n_items).astype(np.float64))
+
+
+def item_score_fn(scores: np.ndarray) -> Callable[[np.ndarray], torch.Tensor]:
+    """Every user gets ``scores[item]`` (float64: counts stay exact, so ties stay ties); the
+    returned rows are a broadcast view, not copies."""
+    per_item = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    n_items = per_item.shape[0]
 
     def score(users: np.ndarray) -> torch.Tensor:
-        return counts.unsqueeze(0).expand(len(users), n_items)
+        return per_item.unsqueeze(0).expand(len(users), n_items)
 
     return score
 
