@@ -19,9 +19,16 @@ from pyspark.sql import types as T
 
 from recsys_kedro.models.two_tower import model_from_file
 
-__all__ = ["tower_embeddings"]
+__all__ = ["encode_ids", "tower_embeddings"]
 
 ENTITIES = ("user", "item")
+
+
+def encode_ids(tower: Any, ids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """``(len(ids), D)`` float32: ``tower`` (``model.encode_users`` / ``encode_items``) of
+    ``ids``, ``chunk_rows`` at a time (bounds memory)."""
+    index = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    return torch.cat([tower(chunk) for chunk in index.split(chunk_rows)]).numpy().astype(np.float32)
 
 
 def tower_embeddings(
@@ -56,15 +63,9 @@ def tower_embeddings(
         model = model_from_file(shipped.value)  # once per partition
         tower = model.encode_users if entity == "user" else model.encode_items
         for batch in batches:
-            ids = torch.as_tensor(batch[key].to_numpy(dtype=np.int64))
-            vectors = torch.cat([tower(chunk) for chunk in ids.split(chunk_rows)]).numpy()
-            yield pd.DataFrame(
-                {
-                    key: batch[key].to_numpy(np.int64),
-                    id_col: batch[id_col],
-                    "embedding": list(vectors.astype(np.float32)),
-                }
-            )
+            ids = batch[key].to_numpy(np.int64)
+            vectors = encode_ids(tower, ids, chunk_rows)
+            yield pd.DataFrame({key: ids, id_col: batch[id_col], "embedding": list(vectors)})
 
     return index.select(index[key].cast("long").alias(key), index[id_col]).mapInPandas(
         encode, schema

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 from pyspark.sql import DataFrame as SparkDataFrame
 
@@ -26,7 +25,7 @@ from recsys_kedro.evaluation.retrieval import (
     paired_intervals,
 )
 from recsys_kedro.models.als import als_search_space, search_als, topk_metrics
-from recsys_kedro.models.spark_encode import tower_embeddings
+from recsys_kedro.models.spark_encode import encode_ids, tower_embeddings
 from recsys_kedro.models.two_tower import model_from_file
 from recsys_kedro.reporting import RUN_DESCRIPTION_KEYS, metrics_and_tags
 
@@ -54,9 +53,7 @@ def embed_users_and_items(
     users = tower_embeddings(user_index, model_checkpoint, "user")
     model = model_from_file(model_checkpoint)
     items = item_index.sort_values("item_idx").reset_index(drop=True)
-    ids = torch.as_tensor(items["item_idx"].to_numpy(dtype=np.int64))
-    vectors = torch.cat([model.encode_items(chunk) for chunk in ids.split(65536)]).numpy()
-    items["embedding"] = list(vectors.astype(np.float32))
+    items["embedding"] = list(encode_ids(model.encode_items, items["item_idx"].to_numpy()))
     return users, items
 
 
@@ -132,8 +129,7 @@ def fit_als_baseline(
             space,
             n_trials=n_trials,
             study_seed=study_seed,
-            ks=ks,
-            excluded=train.select("user_idx", "item_idx"),
+            ks=ks,  # validation excludes the training pairs (search_als's default)
             batch_size=batch_size,
             **settings,
         )
@@ -251,11 +247,10 @@ def evaluate_retrieval(
     ks = [int(k) for k in params["ks"]]
     batch_size = int(params.get("batch_size", 1024))
     relevant, excluded = _test_pairs(train, validation, test, params)
-    vectors = user_embeddings
     model_metrics = collect_per_user(
         user_topk_metrics(
             relevant, excluded, DotProduct(items), n_items, ks,
-            user_vectors=vectors, batch_size=batch_size,
+            user_vectors=user_embeddings, batch_size=batch_size,
         ),
         ks,
     )  # fmt: skip
@@ -267,7 +262,7 @@ def evaluate_retrieval(
         ks,
     )
     als = _als_metrics(als_baseline, ks, int(model_metrics["n_eval_users"]))
-    scored = pair_scores(test, vectors, items).toPandas()  # a label and a score per pair
+    scored = pair_scores(test, user_embeddings, items).toPandas()  # a label and a score per pair
     labels, test_scores = scored["label"].to_numpy(), scored["score"].to_numpy()
     metrics: dict[str, Any] = {}
     if 0 < labels.sum() < labels.size:
